@@ -1,0 +1,1 @@
+"""Platform code: data, training loop, sweeps, evaluation, leaderboard and CLI plumbing."""
