@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from hashbench.platform.errors import HashbenchError
 
-PARAM_TYPES = ("float", "int", "bool", "choice")
+PARAM_TYPES = ("float", "int", "bool", "choice", "str")
 CODE_TYPES = ("binary", "float")
 DISTANCES = ("hamming", "l2", "cosine")
 SAMPLERS = ("random", "class-balanced")
@@ -82,6 +82,10 @@ class Param:
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
             raise HashbenchError(f"{label}: expected true or false, got {value!r}")
+        if self.type == "str":
+            if isinstance(value, str):
+                return value
+            raise HashbenchError(f"{label}: expected a string, got {value!r}")
         if self.type == "choice":
             for c in self.choices:
                 if value == c or (isinstance(value, str) and value == str(c)):

@@ -1,0 +1,237 @@
+"""Constellation loss and the three losses it is compared with (Medela & Picon, J Pathol Inform 2020).
+
+Four methods on one network (:mod:`hashbench.methods._embedding_net`: ResNet, global
+average pooling, a ``bits``-wide embedding with a sigmoid, L2-normalised except
+for N-pair): ``constellation`` (eq. 4), ``triplet`` (eq. 2 with hard-triplet
+mining), ``npair`` (multi-class N-pair, eq. 3) and ``contrastive`` (eq. 1).
+Batches hold ``spc`` samples per class (the paper's "smart batch selection").
+Retrieval and the paper's kNN evaluation use the Euclidean distance on the
+embeddings. Choices the paper leaves open are listed in docs/methods/constellation.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hashbench.methods._embedding_net import EmbeddingNet, backbone_params, build_adam
+from hashbench.platform.registry import Method, Param, Requirements, register
+
+CITATION = ("Medela A, Picon A. Constellation loss: Improving the efficiency of deep metric learning loss "
+            "functions for the optimal embedding of histopathological images. J Pathol Inform 2020;11:38.")
+PAPER = "../shared/papers/004_d579a509b5c5f3b2.txt"
+
+
+# ---------------------------------------------------------------- constellation (eq. 4)
+
+def sample_constellations(targets: torch.Tensor, k: int, generator=None):
+    """One random constellation per ordered anchor-positive pair of the batch.
+
+    Returns ``(anchor, positive, negatives)`` index tensors, shapes ``(P,)``, ``(P,)``,
+    ``(P, k)``. The ``k`` negatives of a pair come from ``k`` different classes drawn
+    at random among the classes of the batch other than the anchor's (cycling
+    through them again when the batch has fewer than ``k`` other classes), one
+    random sample of each; empty tensors when the batch has no pair or one class.
+    """
+    dev = targets.device
+    b = targets.numel()
+    same = targets[:, None] == targets[None, :]
+    same.fill_diagonal_(False)
+    anchor, positive = same.nonzero(as_tuple=True)
+    classes, cls = torch.unique(targets, return_inverse=True)
+    n_other = classes.numel() - 1
+    if anchor.numel() == 0 or n_other < 1:
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        return empty, empty, empty.view(0, k)
+    p = anchor.numel()
+    # a random order of the other classes for each pair: the anchor's class sorts last
+    order_key = torch.rand(p, classes.numel(), device=dev, generator=generator)
+    order_key[torch.arange(p, device=dev), cls[anchor]] = 2.0
+    class_order = order_key.argsort(dim=1)[:, :n_other]
+    slot_class = class_order[:, torch.arange(k, device=dev) % n_other]  # (P, k)
+    # one random member of each slot's class
+    pick_key = torch.rand(p, k, b, device=dev, generator=generator)
+    pick_key = pick_key.masked_fill(cls[None, None, :] != slot_class[:, :, None], -1.0)
+    return anchor, positive, pick_key.argmax(dim=2)
+
+
+def constellation_loss(f: torch.Tensor, anchor, positive, negatives) -> torch.Tensor:
+    """Eq. (4): ``(1/N) Σ_i log(1 + Σ_{j≤K} exp(f_aᵢᵀ f_nⱼ − f_aᵢᵀ f_pᵢ))``.
+
+    ``f`` (B, D) embeddings; ``anchor``/``positive`` (N,) and ``negatives`` (N, K) indices.
+    ``z_ij = f_aᵢᵀf_nⱼ − f_aᵢᵀf_pᵢ``; ``log(1 + Σ_j e^{z_ij}) = logsumexp([0, z_i1..z_iK])``
+    (numerically stable); the mean over the N constellations is the ``1/N Σ_i``.
+    """
+    if anchor.numel() == 0:
+        return f.sum() * 0.0
+    fa = f[anchor]                                                   # f_aᵢ
+    ap = (fa * f[positive]).sum(dim=1, keepdim=True)                 # f_aᵢᵀ f_pᵢ
+    an = torch.einsum("nd,nkd->nk", fa, f[negatives])                # f_aᵢᵀ f_nⱼ
+    z = torch.cat([torch.zeros_like(ap), an - ap], dim=1)            # [0, z_i1 … z_iK]
+    return torch.logsumexp(z, dim=1).mean()                          # (1/N) Σ_i log(1 + Σ_j e^z)
+
+
+class ConstellationLoss(nn.Module):
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, out, batch, model=None) -> dict:
+        f = out["embedding"]
+        a, p, n = sample_constellations(batch.targets, self.k)
+        loss = constellation_loss(f, a, p, n)
+        return {"loss": loss, "constellation": loss.detach()}
+
+
+# ---------------------------------------------------------------- triplet (eq. 2)
+
+class TripletLoss(nn.Module):
+    """Eq. (2) with hard-triplet mining, through pytorch-metric-learning.
+
+    ``L = (1/N) Σ_i max(0, ‖f_aᵢ − f_pᵢ‖² − ‖f_aᵢ − f_nᵢ‖² + α)`` where the paper's
+    "hard-triplet mining … using for computation only the triplets that give a
+    positive loss" makes the N triplets those with a positive term among all
+    (anchor, positive, negative) triplets of the batch. ``TripletMarginLoss`` with
+    ``LpDistance(power=2)`` computes ``relu(d²_ap − d²_an + α)`` over all triplets and its
+    default ``AvgNonZeroReducer`` averages the positive ones: the same formula
+    (proved against a direct loop in tests/test_method_constellation.py).
+    """
+
+    def __init__(self, margin: float):
+        super().__init__()
+        from pytorch_metric_learning.distances import LpDistance
+        from pytorch_metric_learning.losses import TripletMarginLoss
+
+        self.pml = TripletMarginLoss(margin=margin,
+                                     distance=LpDistance(p=2, power=2, normalize_embeddings=False))
+
+    def forward(self, out, batch, model=None) -> dict:
+        loss = self.pml(out["embedding"], batch.targets)
+        return {"loss": loss, "triplet": loss.detach()}
+
+
+# ---------------------------------------------------------------- multi-class N-pair (eq. 3)
+
+def npair_tuples(targets: torch.Tensor):
+    """Split the batch into disjoint N-pair tuples.
+
+    Within each class the samples (in batch order) are paired: ranks 0-1 form the
+    pair of tuple 0, ranks 2-3 that of tuple 1, … Tuple r holds one (anchor,
+    positive) pair of every class with at least 2r + 2 samples. Returns
+    ``(anchor, positive, tuple_id)``, each (P,), of the pairs in tuples of at least
+    two classes (a tuple of one class has no negative).
+    """
+    dev = targets.device
+    b = targets.numel()
+    order = torch.sort(targets, stable=True).indices
+    _, counts = torch.unique_consecutive(targets[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    first = torch.repeat_interleave(starts, counts)                  # first sorted position of the class
+    rank = torch.empty(b, dtype=torch.long, device=dev)
+    rank[order] = torch.arange(b, device=dev) - first
+    pos_sorted = (torch.arange(b, device=dev) - first) % 2 == 1      # odd ranks are positives
+    positive = order[pos_sorted]
+    anchor = order[pos_sorted.nonzero(as_tuple=True)[0] - 1]         # the even rank just before
+    tuple_id = rank[positive] // 2
+    size = torch.bincount(tuple_id)
+    keep = size[tuple_id] >= 2
+    return anchor[keep], positive[keep], tuple_id[keep]
+
+
+def npair_loss(f: torch.Tensor, anchor, positive, tuple_id, reg_lambda: float = 0.0):
+    """Eq. (3): ``(1/N) Σ_i log(1 + Σ_{j≠i} exp(f_aᵢᵀ f_pⱼ − f_aᵢᵀ f_pᵢ))`` per N-pair tuple.
+
+    ``j`` runs over the other pairs of the same tuple (``tuple_id``); pairs of
+    other tuples are masked. ``log(1 + Σ_{j≠i} e^{s_ij − s_ii}) = logsumexp_j s_ij − s_ii``
+    with ``s_ij = f_aᵢᵀ f_pⱼ``; the mean over all pairs of all tuples is ``1/N Σ_i``.
+    ``reg_lambda`` adds Sohn's (2016) embedding-norm regulariser in the form of
+    TensorFlow's ``npairs_loss`` the paper used: ``0.25·λ·(mean‖f_a‖² + mean‖f_p‖²)``.
+    """
+    if anchor.numel() == 0:
+        return f.sum() * 0.0
+    fa, fp = f[anchor], f[positive]
+    s = fa @ fp.T                                                    # s_ij = f_aᵢᵀ f_pⱼ
+    s = s.masked_fill(tuple_id[:, None] != tuple_id[None, :], float("-inf"))
+    loss = (torch.logsumexp(s, dim=1) - s.diagonal()).mean()
+    if reg_lambda:
+        loss = loss + 0.25 * reg_lambda * ((fa ** 2).sum(1).mean() + (fp ** 2).sum(1).mean())
+    return loss
+
+
+class NPairLoss(nn.Module):
+    def __init__(self, reg_lambda: float):
+        super().__init__()
+        self.reg_lambda = reg_lambda
+
+    def forward(self, out, batch, model=None) -> dict:
+        a, p, t = npair_tuples(batch.targets)
+        loss = npair_loss(out["embedding"], a, p, t, self.reg_lambda)
+        return {"loss": loss, "npair": loss.detach()}
+
+
+# ---------------------------------------------------------------- contrastive (eq. 1)
+
+def contrastive_loss(f: torch.Tensor, targets: torch.Tensor, margin: float) -> torch.Tensor:
+    """Eq. (1): ``1/(2N) Σ_i [(1 − yᵢ)·dᵢ² + yᵢ·max(0, m − dᵢ)²]`` over all N pairs of the batch.
+
+    A pair is two different samples (i < j); ``yᵢ = 0`` for the same class, 1
+    otherwise; ``dᵢ = ‖f₁ᵢ − f₂ᵢ‖₂`` (not squared inside the hinge).
+    """
+    i, j = torch.triu_indices(len(targets), len(targets), offset=1, device=f.device)
+    if i.numel() == 0:
+        return f.sum() * 0.0
+    d2 = ((f[i] - f[j]) ** 2).sum(dim=1)                             # dᵢ²
+    y = (targets[i] != targets[j]).to(f.dtype)                       # yᵢ
+    d = torch.sqrt(d2.clamp_min(1e-12))                              # dᵢ (finite gradient at 0)
+    return ((1 - y) * d2 + y * F.relu(margin - d) ** 2).sum() / (2 * i.numel())
+
+
+class ContrastiveLoss(nn.Module):
+    def __init__(self, margin: float):
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, out, batch, model=None) -> dict:
+        loss = contrastive_loss(out["embedding"], batch.targets, self.margin)
+        return {"loss": loss, "contrastive": loss.detach()}
+
+
+# ---------------------------------------------------------------- registration
+
+SPC = Param("spc", 4, type="int", search=(2, 10), bounds=(2, None),
+            help="samples per class in a batch (class-balanced sampler)")
+
+
+def _model(normalize: bool):
+    def build(ctx, hp):
+        return EmbeddingNet(ctx, hp["arch"], hp["width"], normalize, hp["weights"])
+    return build
+
+
+def _method(mid: str, summary: str, loss, extra: tuple, normalize: bool = True) -> Method:
+    return register(Method(
+        id=mid, family="constellation", summary=summary, citation=CITATION, paper=PAPER,
+        build_model=_model(normalize), build_loss=loss, build_optimizer=build_adam,
+        params=backbone_params() + (SPC,) + extra, code_type="float", distance="l2",
+        batch_size=40, epochs=30, sampler="class-balanced",
+        requires=Requirements(multi_label=False, min_image_size=8)))
+
+
+_method("constellation", "Constellation loss: anchor-positive vs K negatives from K other classes (eq. 4)",
+        lambda ctx, hp: ConstellationLoss(hp["K"]),
+        (Param("K", 3, type="int", search=(2, 7), bounds=(1, None),
+               help="negatives per anchor-positive pair (paper: 3, 5, 7)"),))
+_method("triplet", "Triplet loss with hard-triplet mining (positive-loss triplets), Medela & Picon eq. 2",
+        lambda ctx, hp: TripletLoss(hp["margin"]),
+        (Param("margin", 0.2, search=(0.05, 1.0), bounds=(0, None),
+               help="triplet margin α on squared distances (FaceNet's 0.2)"),))
+_method("npair", "Multi-class N-pair loss (Sohn 2016), Medela & Picon eq. 3; embedding not L2-normalised",
+        lambda ctx, hp: NPairLoss(hp["reg_lambda"]),
+        (Param("reg_lambda", 0.002, bounds=(0, None),
+               help="embedding-norm regulariser λ of TensorFlow's npairs_loss (0 = eq. 3 alone)"),),
+        normalize=False)
+_method("contrastive", "Contrastive loss (Chopra et al. 2005), Medela & Picon eq. 1",
+        lambda ctx, hp: ContrastiveLoss(hp["margin"]),
+        (Param("margin", 1.0, search=(0.25, 1.5), bounds=(0, None),
+               help="margin m on the Euclidean distance (paper: 1)"),))

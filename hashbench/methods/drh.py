@@ -1,0 +1,206 @@
+"""Deep Residual Hashing (Conjeti, Guha Roy, Katouzian, Navab, arXiv 1612.05400) and its variants.
+
+Four methods share one network, a small-width ResNet (:mod:`hashbench.methods._resnet`)
+followed by a fully connected hashing layer (FCH) with tanh, ``h = tanh(W_h f + c)``:
+
+* ``drh``    — the full objective, eq. (3): ``J = J_S + λ_q J_Q + λ_b J_B + λ_o R_O``
+  (+ ``λ_w R_W`` as the optimiser's weight decay); codes ``sgn(h)``.
+* ``dph``    — the same without residual connections (Deep Plain-net Hashing).
+* ``drh-nq`` — no hashing losses (``λ_q = λ_b = 0``; ``R_O`` is a regulariser and stays):
+  codes only through tanh then sign.
+* ``drh-nb`` — trained like ``drh``; the continuous ``h`` is the embedding (no sign),
+  compared by Euclidean distance: the paper's upper bound.
+
+Normalisation choices (the paper mixes sums and means) are in docs/methods/drh.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hashbench.methods._resnet import DEPTHS, STEMS, SmallResNet
+from hashbench.platform.registry import Method, ModelContext, Param, Requirements, register
+
+CITATION = ("Conjeti S, Guha Roy A, Katouzian A, Navab N. Deep Residual Hashing. arXiv:1612.05400, 2016. "
+            "(Also: Hashing with residual networks for image retrieval, MICCAI 2017.)")
+PAPER = "../shared/papers/002_5b43c5926db2a9a1.txt"
+_LOG2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------- loss terms
+
+def retrieval_loss(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Supervised retrieval loss, eq. (1) with the relaxed p_ij of Sec. 3.2.
+
+    ``J_S = 1 - (1/N) Σ_i Σ_{j≠i} p_ij s_ij`` with
+    ``p_ij = exp(-‖h_i - h_j‖²) / Σ_{l≠i} exp(-‖h_i - h_l‖²)`` and ``s_ij = 1`` when
+    items i and j share at least one label (multi-hot ``labels``, (N, C)). N is the
+    batch size. The row softmax runs through ``log_softmax`` (log-sum-exp) with the
+    diagonal at -inf, so ``p_ii = 0`` and no distance overflows. Fewer than two
+    items: no neighbour exists, the sum is empty and ``J_S = 1`` (no gradient).
+    """
+    n = h.shape[0]
+    if n < 2:
+        return h.sum() * 0.0 + 1.0
+    d2 = (h[:, None, :] - h[None, :, :]).pow(2).sum(-1)                       # ‖h_i - h_j‖²
+    eye = torch.eye(n, dtype=torch.bool, device=h.device)
+    p = torch.softmax((-d2).masked_fill(eye, float("-inf")), dim=1)           # p_ij, p_ii = 0
+    lab = labels.to(h.dtype)
+    s = ((lab @ lab.T) > 0).to(h.dtype).masked_fill(eye, 0.0)                  # s_ij
+    return 1.0 - (p * s).sum() / n
+
+
+def log_cosh(x: torch.Tensor) -> torch.Tensor:
+    """``log cosh x = |x| + log1p(exp(-2|x|)) - log 2``: no overflow for large ``|x|``."""
+    a = x.abs()
+    return a + torch.log1p(torch.exp(-2.0 * a)) - _LOG2
+
+
+def quantization_loss(h: torch.Tensor) -> torch.Tensor:
+    """Quantization loss ``J_Q = (1/N) Σ_i Σ_k log cosh(|h_ik| - 1)`` (Sec. 3.3).
+
+    The paper writes ``Σ_i log cosh(|h_i| - 1)``; its gradient, ``(1/N) Σ_i ∂J/∂h_i``
+    (Sec. 3.4), averages over the N items, as ``J_B`` does, so the mean over items is
+    used and the K bits are summed. Gradient per item: ``tanh(|h| - 1) sgn(h) / N``.
+    """
+    return log_cosh(h.abs() - 1.0).sum() / h.shape[0]
+
+
+def bit_balance_loss(h: torch.Tensor) -> torch.Tensor:
+    """Bit balance loss ``J_B = -tr(H Hᵀ) / (2N)``, H the (N, K) matrix of codes (Sec. 3.3)."""
+    return -(h * h).sum() / (2.0 * h.shape[0])                                  # tr(HHᵀ) = Σ_i ‖h_i‖²
+
+
+def orthogonality_reg(w: torch.Tensor) -> torch.Tensor:
+    """``R_O = ½ ‖W_h W_hᵀ - I‖²_F`` on the (K, D) hashing-layer weights (Sec. 3.3).
+
+    Computed in float32 or wider with autocast off (a bf16 Gram matrix would be
+    too coarse). Its gradient is ``2 (W_h W_hᵀ - I) W_h``; the paper's printed
+    ``W_h (W_h W_hᵀ - I)`` drops the factor 2 and, for a (K, D) matrix, the order.
+    """
+    with torch.autocast(device_type=w.device.type, enabled=False):
+        w = w if w.dtype == torch.float64 else w.float()
+        gram = w @ w.T
+        eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+        return 0.5 * (gram - eye).pow(2).sum()
+
+
+class DRHLoss(nn.Module):
+    """Eq. (3) without ``λ_w R_W`` (weight decay, applied by the optimiser).
+
+    ``J = J_S + λ_q·J_Q + λ_b·J_B + λ_o·R_O`` (lines marked below). ``out["h"]`` are the
+    tanh outputs, ``batch.labels`` multi-hot, ``model.hash_layer.weight`` is W_h.
+    Terms are computed in float32 even under bf16 autocast.
+    """
+
+    def __init__(self, lambda_q: float, lambda_b: float, lambda_o: float):
+        super().__init__()
+        self.lambda_q, self.lambda_b, self.lambda_o = lambda_q, lambda_b, lambda_o
+
+    def forward(self, out: dict, batch, model) -> dict:
+        h = out["h"].float()
+        j_s = retrieval_loss(h, batch.labels)                                     # J_S, eq. (1)
+        terms = {"J_S": j_s}
+        loss = j_s
+        if self.lambda_q:
+            terms["J_Q"] = quantization_loss(h)
+            loss = loss + self.lambda_q * terms["J_Q"]                          # + λ_q J_Q
+        if self.lambda_b:
+            terms["J_B"] = bit_balance_loss(h)
+            loss = loss + self.lambda_b * terms["J_B"]                          # + λ_b J_B
+        if self.lambda_o:
+            terms["R_O"] = orthogonality_reg(model.hash_layer.weight)
+            loss = loss + self.lambda_o * terms["R_O"]                          # + λ_o R_O
+        return {"loss": loss, **terms}
+
+
+# ---------------------------------------------------------------- network
+
+class DRHNet(nn.Module):
+    """Residual (or plain) trunk -> global average pooling -> FCH layer (K units) -> tanh."""
+
+    def __init__(self, ctx: ModelContext, depth: int, width: int, residual: bool, stem: str):
+        super().__init__()
+        self.trunk = SmallResNet(ctx.in_channels, ctx.image_size, depth, width, residual, stem)
+        self.hash_layer = nn.Linear(self.trunk.out_dim, ctx.bits)
+        nn.init.xavier_uniform_(self.hash_layer.weight)
+        nn.init.zeros_(self.hash_layer.bias)
+
+    def forward(self, x) -> dict:
+        return {"h": torch.tanh(self.hash_layer(self.trunk(x)))}
+
+    def encode(self, x):
+        return self.forward(x)["h"]
+
+
+# ---------------------------------------------------------------- registration
+
+def _network_params() -> tuple:
+    return (
+        Param("depth", 34, type="choice", choices=tuple(DEPTHS),
+              help="layers: 18 = blocks (2,2,2,2), 34 = (3,4,6,3) (paper's best: 34)"),
+        Param("width", 6, type="int", bounds=(1, 256),
+              help="channels of stage 2 (stages: w,2w,4w,8w); 6 gives ~0.19 M params at depth 34 "
+                   "(paper: 0.183 M)"),
+        Param("stem", "auto", type="choice", choices=STEMS,
+              help="'imagenet' 7x7/2 conv + max-pool (paper, 224 px), 'small' 3x3/1 conv, "
+                   "'auto' = imagenet from 64 px up"),
+        Param("lr", 1e-2, search=(1e-3, 1e-1), log=True, bounds=(0, None),
+              help="initial SGD learning rate η (paper: 1e-2)"),
+        Param("momentum", 0.9, bounds=(0, 1), help="SGD momentum (paper: 0.9)"),
+        Param("weight_decay", 5e-4, search=(1e-5, 1e-3), log=True, bounds=(0, None),
+              help="λ_w R_W as SGD weight decay (value not in the paper; MatConvNet's default)"),
+        Param("lr_patience", 5, type="int", bounds=(0, None),
+              help="epochs without a better val mAP before lr is divided by 10"),
+    )
+
+
+_LAMBDA_O = Param("lambda_o", 0.01, search=(1e-3, 1e-1), log=True, bounds=(0, None),
+                  help="weight of the orthogonality regulariser R_O (paper: 0.01)")
+_HASH_LAMBDAS = (
+    Param("lambda_q", 0.05, search=(5e-3, 0.5), log=True, bounds=(0, None),
+          help="weight of the quantization loss J_Q (paper: 0.05)"),
+    Param("lambda_b", 0.025, search=(2.5e-3, 0.25), log=True, bounds=(0, None),
+          help="weight of the bit balance loss J_B (paper: 0.025)"),
+)
+
+
+def _build_sgd(parameters, hp):
+    return torch.optim.SGD(parameters, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+
+
+def _build_plateau(optimizer, hp):
+    """lr / 10 when the validation mAP stops improving (stepped with the val mAP)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1,
+                                                      patience=hp["lr_patience"])
+
+
+def _register(mid: str, summary: str, *, residual: bool, hashing_losses: bool, float_codes: bool) -> Method:
+    def build_model(ctx: ModelContext, hp: dict) -> DRHNet:
+        return DRHNet(ctx, hp["depth"], hp["width"], residual, hp["stem"])
+
+    def build_loss(ctx: ModelContext, hp: dict) -> DRHLoss:
+        return DRHLoss(hp.get("lambda_q", 0.0), hp.get("lambda_b", 0.0), hp["lambda_o"])
+
+    lambdas = (_HASH_LAMBDAS if hashing_losses else ()) + (_LAMBDA_O,)
+    return register(Method(
+        id=mid, family="drh", summary=summary, citation=CITATION, paper=PAPER,
+        build_model=build_model, build_loss=build_loss, build_optimizer=_build_sgd,
+        build_scheduler=_build_plateau, params=_network_params() + lambdas,
+        code_type="float" if float_codes else "binary", distance="l2" if float_codes else "hamming",
+        batch_size=128, epochs=100, requires=Requirements(labels=True, multi_label=True, min_image_size=8)))
+
+
+_register("drh", "Deep Residual Hashing: ResNet + tanh hash layer, NCA retrieval loss + quantization, "
+                 "bit balance, orthogonality (Conjeti et al.)",
+          residual=True, hashing_losses=True, float_codes=False)
+_register("dph", "DRH ablation: the same plain network without residual connections (DPH)",
+          residual=False, hashing_losses=True, float_codes=False)
+_register("drh-nq", "DRH ablation: no quantization / bit balance losses, codes through tanh then sign",
+          residual=True, hashing_losses=False, float_codes=False)
+_register("drh-nb", "DRH ablation: continuous tanh embeddings without binarisation (upper bound, L2)",
+          residual=True, hashing_losses=True, float_codes=True)

@@ -1,0 +1,89 @@
+"""``hashbench leaderboard``: the best run per (method, dataset, code length), or every run."""
+
+from __future__ import annotations
+
+FORMATS = ("table", "csv", "markdown", "latex", "json")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("leaderboard", help="show the leaderboard (best run per method, dataset, code length)",
+                       description="Show the Parquet leaderboard: by default the best run per (method, dataset, "
+                                   "bits) chosen on validation mAP@100, with its test metrics and, for "
+                                   "configurations re-trained with --seeds, mean ± 95%% CI over the seeds.")
+    p.add_argument("--dir", default="leaderboard", help="leaderboard directory (default: ./leaderboard)")
+    p.add_argument("--dataset", nargs="+", help="only these datasets")
+    p.add_argument("--method", nargs="+", help="only these methods")
+    p.add_argument("--bits", nargs="+", type=int, help="only these code lengths")
+    p.add_argument("--all-runs", action="store_true", help="every row, not only the best per group")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.set_defaults(func=run)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.4f}"
+    return str(v)
+
+
+def render(df, fmt: str) -> str:
+    """``df`` as text in ``fmt`` (one of FORMATS)."""
+    import polars as pl
+
+    if fmt == "json":
+        return df.write_json()
+    if fmt == "csv":
+        return df.write_csv()
+    cols = df.columns
+    rows = [[_fmt(v) for v in r] for r in df.iter_rows()]
+    if fmt == "markdown":
+        out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        return "\n".join(out)
+    if fmt == "latex":
+        def esc(s: str) -> str:
+            for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                         ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("<=", r"$\leq$"), ("@", "@")):
+                s = s.replace(a, b)
+            return s
+        out = [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
+               " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
+        out += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
+        out += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(out)
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, fmt_str_lengths=40, float_precision=4,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+        return str(df)
+
+
+def run(args) -> int:
+    from hashbench.platform.errors import HashbenchError
+    from hashbench.platform.leaderboard import filter_rows, leaderboard_view, read_leaderboard
+    import os
+
+    if not os.path.isdir(args.dir):
+        raise HashbenchError(f"leaderboard directory {args.dir}: no such directory; run `hashbench sweep` or "
+                             f"`hashbench quickstart` first, or pass --dir")
+    df = filter_rows(read_leaderboard(args.dir), dataset=args.dataset, method=args.method, bits=args.bits)
+    view = leaderboard_view(df, all_runs=args.all_runs)
+    if view.height == 0:
+        print(f"(no {'rows' if args.all_runs else 'completed runs'} in {args.dir} match)")
+        return 0
+    if args.format in ("table", "markdown", "latex") and "n_seeds" in view.columns:
+        view = with_seed_text(view)
+    print(render(view, args.format))
+    return 0
+
+
+def with_seed_text(view):
+    """Fold the seed columns into one ``mean ± CI (n=N)`` text column (empty without seeds)."""
+    import polars as pl
+
+    text = [f"{m:.4f} ± {h:.4f} (n={n})" if n and n > 1 else ""
+            for m, h, n in zip(view["test_mAP@100_mean"], view["test_mAP@100_ci95"], view["n_seeds"])]
+    view = view.drop(["test_mAP@100_mean", "test_mAP@100_ci95", "n_seeds"])
+    if any(text):
+        view = view.insert_column(view.columns.index("test_mAP@100") + 1,
+                                  pl.Series("test_mAP@100 seeds (95% CI)", text))
+    return view

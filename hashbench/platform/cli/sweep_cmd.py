@@ -1,0 +1,45 @@
+"""``hashbench sweep CONFIG.yaml``: a Ray Tune + Optuna sweep; every finished trial → one leaderboard row."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a hyperparameter sweep (Ray Tune + Optuna) from a YAML config",
+                       description="Sweep every (method, dataset, bits) of CONFIG with Optuna TPE and ASHA on "
+                                   "validation mAP@100; each finished trial adds one leaderboard row. The "
+                                   "whole config is validated before anything starts. See docs/sweeps.md.")
+    p.add_argument("config", help="sweep config (YAML), e.g. configs/quickstart.yaml")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this config's name")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--storage", help="where Tune keeps the sweep (path or URI; overrides the config's storage)")
+    p.add_argument("--seeds", type=int, help="re-train the best configuration of each study N more times")
+    p.add_argument("--leaderboard", help="leaderboard directory (overrides the config's leaderboard)")
+    p.add_argument("--check", action="store_true", help="validate the config (and the cluster) and stop")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from hashbench.platform.errors import HashbenchError
+    from hashbench.platform.sweep import load_config
+
+    if args.seeds is not None and args.seeds < 0:
+        raise HashbenchError(f"--seeds must be >= 0, got {args.seeds}")
+    cfg = load_config(args.config)
+    print(f"sweep {cfg.name!r}: {len(cfg.studies)} studies, {cfg.total_trials} trials "
+          f"({', '.join(s.key for s in cfg.studies[:6])}{', ...' if len(cfg.studies) > 6 else ''})", flush=True)
+    if args.check:
+        return 0
+    from hashbench.platform.sweep.driver import run_sweep
+
+    summary = run_sweep(cfg, resume=args.resume, address=args.address, storage=args.storage, seeds=args.seeds,
+                        leaderboard=args.leaderboard, emit=_emit)
+    c = summary.counts
+    print(f"sweep {summary.sweep_id!r} finished in {summary.wall_s:.1f} s: {summary.trials} trials "
+          f"({c['completed']} completed, {c['stopped']} stopped early, {c['error']} failed); "
+          f"Tune state in {summary.root}")
+    print(f"leaderboard: hashbench leaderboard --dir {summary.leaderboard}")
+    return 0 if c["error"] == 0 else 1
+
+
+def _emit(line: str) -> None:
+    print(line, flush=True)

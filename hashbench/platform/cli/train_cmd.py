@@ -1,0 +1,92 @@
+"""``hashbench train``: train one method on one dataset (Ray Train, or in-process with --local)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from hashbench.platform.errors import HashbenchError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train one method on one dataset and evaluate it",
+        description="Train METHOD on a prepared dataset with the one training loop (Ray Train TorchTrainer, "
+                    "or in this process with --local), then encode the train (database) and test (query) "
+                    "splits, evaluate, and write the run directory OUT/RUN (config.json, metrics.json, "
+                    "codes.npz, model.pt).")
+    p.add_argument("method", help="method id (see `hashbench methods`)")
+    p.add_argument("--dataset", required=True, help="prepared dataset name or store directory")
+    p.add_argument("--bits", required=True, type=int, help="code length K")
+    p.add_argument("--epochs", type=int, help="epochs (default: the method's)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: the method's)")
+    p.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method hyperparameter, e.g. --set gamma=1e-3 (repeatable)")
+    p.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE",
+                   help="augmentation option: enabled, hflip, vflip, rot90 (true/false), brightness, "
+                        "contrast (0..1) (repeatable)")
+    p.add_argument("--patience", type=int, help="stop after this many epochs without a better val mAP@100")
+    p.add_argument("--workers", type=int, default=1, help="data-parallel workers (DDP)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (0: CPU)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs", help="directory for run directories (default: runs)")
+    p.add_argument("--run-name", help="run directory name (default: METHOD-DATASET-Kb-sSEED-TIME-RANDOM); "
+                                      "an unfinished run of that name resumes")
+    p.add_argument("--storage-path", help="Ray Train storage for checkpoints (default: OUT/_ray)")
+    p.add_argument("--max-failures", type=int, default=1, help="worker failures to recover from")
+    p.add_argument("--local", action="store_true", help="train in this process without Ray")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="device for --local (default: a GPU if any)")
+    p.add_argument("--json", action="store_true", help="print the final metrics and configuration as JSON")
+    p.set_defaults(func=run)
+
+
+def _pairs(items: list, flag: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HashbenchError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from hashbench.platform.training import TrainConfig, run_local, run_training
+
+    cfg = TrainConfig(
+        method=args.method, dataset=args.dataset, bits=args.bits, epochs=args.epochs,
+        params=_pairs(args.params, "--set"), batch_size=args.batch_size, workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, seed=args.seed,
+        out_dir=args.out, run_name=args.run_name, augment=_pairs(args.augment, "--augment"),
+        patience=args.patience, max_failures=args.max_failures, storage_path=args.storage_path,
+        device=args.device)
+    bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} {cfg.dataset_name} {cfg.bits}b", unit="epoch",
+               file=sys.stderr, dynamic_ncols=True)
+
+    def on_epoch(m: dict) -> None:
+        if m.get("done"):
+            bar.set_postfix({"test_mAP@100": f"{m.get('test_mAP@100', float('nan')):.4f}"})
+            return
+        bar.n = int(m["epoch"]) + 1
+        bar.set_postfix({"loss": f"{m['loss']:.4g}", "val_mAP@100": f"{m['val_mAP@100']:.4f}"})
+        bar.refresh()
+
+    try:
+        result = run_local(cfg, on_epoch=on_epoch) if args.local else run_training(cfg, on_epoch=on_epoch)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps({"run_id": result.run_id, "run_dir": result.run_dir, "metrics": result.metrics,
+                          "protocol": result.protocol, "timings": result.timings,
+                          "throughput": result.throughput, "device": result.device,
+                          "epochs_run": result.epochs_run, "config": result.config}, indent=2, default=str))
+    else:
+        m = result.metrics
+        print(f"{result.run_id}: test mAP@100 {m.get('test_mAP@100', float('nan')):.4f}, "
+              f"val mAP@100 {m['val_mAP@100']:.4f}, {result.epochs_run} epochs, "
+              f"train {result.timings['train_s']:.1f} s, total {result.timings['total_s']:.1f} s, "
+              f"encode {result.throughput['encode_images_per_s']:.0f} images/s -> {result.run_dir}")
+    return 0

@@ -1,0 +1,136 @@
+"""``prepare``: read a source in one of the five formats and write a prepared store."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from pathlib import Path
+
+from hashbench.platform.data.base import Loaded, Options
+from hashbench.platform.data.images import FITS, check_size
+from hashbench.platform.data.split import check_ratios, resolve_split
+from hashbench.platform.data.store import BUILTIN_ROOT, PreparedDataset, data_root, write_store
+from hashbench.platform.errors import HashbenchError
+
+FORMATS = {"medmnist": "medmnist", "folder": "folder", "csv": "csv_manifest", "points": "points",
+           "voc": "voc"}
+DEFAULT_SIZE = 64  # output side when neither --size nor the format (medmnist: native) sets one
+
+MEDMNIST_ATTRIBUTION = (
+    "PneumoniaMNIST from MedMNIST v2: Yang J, Shi R, Wei D, Liu Z, Zhao L, Ke B, Pfister H, Ni B. "
+    "MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image "
+    "classification. Scientific Data 10, 41 (2023). Source images: Kermany DS et al., Cell 2018.")
+BUSI_ATTRIBUTION = (
+    "Breast Ultrasound Images Dataset (BUSI): Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset "
+    "of breast ultrasound images. Data in Brief 28, 104863 (2020).")
+CC_BY_4 = ("Creative Commons Attribution 4.0 International (CC BY 4.0), "
+           "https://creativecommons.org/licenses/by/4.0/ . Images were resized; no other changes.")
+CC0 = ("Creative Commons CC0 1.0 Universal (public domain dedication), "
+       "https://creativecommons.org/publicdomain/zero/1.0/ . Images and masks were resized.")
+
+# Known public datasets: defaults applied when --recipe names one, or when the dataset name or the
+# source folder's name equals the key. Every field can be overridden on the command line.
+RECIPES: dict[str, dict] = {
+    "pneumoniamnist": {"format": "medmnist", "classes": ["normal", "pneumonia"],
+                       "license": CC_BY_4, "attribution": MEDMNIST_ATTRIBUTION},
+    "busi": {"format": "folder", "size": 64, "channels": 1, "license": CC0,
+             "attribution": BUSI_ATTRIBUTION},
+    "chula_rbc12": {"format": "points", "patch": 64, "classes": [
+        "normal cell", "macrocyte", "microcyte", "spherocyte", "target cell", "stomatocyte",
+        "ovalocyte", "teardrop", "burr cell", "schistocyte", "uncategorised", "hypochromia",
+        "elliptocyte"],
+        "attribution": "Chula RBC-12: Naruenatthanaset K, Chalidabhongse TH, Palasuwan D, "
+                       "Anantrasirichai N, Palasuwan A. Red Blood Cell Segmentation with Overlapping "
+                       "Cell Separation and Classification on Imbalanced Dataset. arXiv 2012.01321."},
+    "bccd": {"format": "voc", "size": 64,
+             "attribution": "BCCD Dataset (Shenggan, https://github.com/Shenggan/BCCD_Dataset), MIT."},
+}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def find_recipe(name: str, source: Path, recipe: str | None) -> str | None:
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise HashbenchError(f"--recipe {recipe!r} is unknown; known: {', '.join(RECIPES)}")
+        return recipe
+    for key in (name, source.name, source.stem):
+        if key in RECIPES:
+            return key
+    return None
+
+
+def store_path(name: str) -> Path:
+    """Where ``prepare`` writes the dataset ``name`` (under data_root())."""
+    if not NAME_RE.match(name):
+        raise HashbenchError(f"dataset name {name!r} must start with a letter or digit and use only "
+                             f"letters, digits, '_', '-' and '.'")
+    if (BUILTIN_ROOT / name / "meta.json").is_file():
+        raise HashbenchError(f"dataset name {name!r} is a built-in dataset; choose another name "
+                             f"(e.g. {name}_full) or pass --out PATH")
+    return data_root() / name
+
+
+def prepare(name: str, source: str | Path, format: str | None = None, *,
+            options: Options | None = None, out: str | Path | None = None, overwrite: bool = False,
+            license: str | None = None, attribution: str | None = None,
+            recipe: str | None = None) -> PreparedDataset:
+    """Read ``source`` (``format`` or the recipe's) and write the store ``name``.
+
+    The store goes to ``out`` if given, else ``data_root()/name``. Recipe defaults fill every
+    option left ``None`` in ``options``. Nothing is written unless the whole source is valid.
+    """
+    source = Path(source).expanduser()
+    opts = dataclasses.replace(options) if options is not None else Options()
+    key = find_recipe(name, source, recipe)
+    rec = RECIPES.get(key, {}) if key else {}
+    format = format or rec.get("format")
+    if format not in FORMATS:
+        raise HashbenchError(f"--format {format!r} is not one of {', '.join(FORMATS)}"
+                             if format else f"--format is required for {name!r} (one of "
+                             f"{', '.join(FORMATS)})")
+    if rec and rec["format"] != format:
+        rec, key = {}, None  # a different format than the recipe's: use no recipe defaults
+    for opt in ("size", "channels", "patch", "classes"):
+        if getattr(opts, opt) is None and opt in rec:
+            setattr(opts, opt, rec[opt])
+    if opts.size is None and format != "medmnist":
+        opts.size = opts.patch if format == "points" and opts.patch else DEFAULT_SIZE
+    if opts.size is not None:
+        check_size(opts.size)
+    if format == "points":
+        opts.patch = check_size(opts.patch if opts.patch is not None else opts.size, "--patch")
+    if opts.channels not in (None, 1, 3):
+        raise HashbenchError(f"--channels must be 1 or 3, got {opts.channels}")
+    if opts.fit not in FITS:
+        raise HashbenchError(f"--fit must be one of {', '.join(FITS)}, got {opts.fit!r}")
+    opts.ratios = check_ratios(opts.ratios)
+    dest = Path(out).expanduser() if out is not None else store_path(name)
+    if dest.exists() and not overwrite:
+        raise HashbenchError(f"{dest}: a dataset named {name!r} already exists; pass --overwrite "
+                             f"to replace it")
+    if not source.exists():
+        raise HashbenchError(f"{source}: source not found")
+
+    loader = importlib.import_module(f"hashbench.platform.data.{FORMATS[format]}")
+    loaded: Loaded = loader.load(source, opts)
+    split = resolve_split(loaded.split, loaded.labels, loaded.groups, opts.ratios, opts.seed)
+    settings = {k: v for k, v in dataclasses.asdict(opts).items() if v is not None}
+    settings["ratios"] = list(opts.ratios)
+    extra = {"recipe": key, "prepare": settings, "notes": loaded.notes,
+             "split_protocol": _split_protocol(loaded.split), "split_seed": opts.seed}
+    lic = license if license is not None else (loaded.license or rec.get("license", ""))
+    ds = write_store(dest, loaded.images, loaded.labels, split, class_names=loaded.class_names,
+                     masks=loaded.masks, groups=loaded.groups, name=name, source=str(source.resolve()),
+                     format=format, license=lic,
+                     attribution=attribution if attribution is not None else rec.get("attribution", ""),
+                     extra=extra, overwrite=overwrite)
+    return ds
+
+
+def _split_protocol(split) -> str:
+    if split is None or (split < 0).all():
+        return "stratified (seeded, group-aware) split with the given ratios"
+    if (split < 0).any() or len(set(split.tolist())) < 3:
+        return "the source's split; val carved (stratified, seeded, group-aware) from its train part"
+    return "the source's own split"

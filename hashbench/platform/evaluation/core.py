@@ -1,0 +1,251 @@
+"""``evaluate``: every retrieval metric under one named protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hashbench.platform.errors import HashbenchError
+from hashbench.platform.evaluation import metrics as M
+from hashbench.platform.evaluation.engines import APPROXIMATE, build_engine, choose_engine
+from hashbench.platform.evaluation.inputs import Prepared, parse_ks, prepare
+
+CONVENTIONS = ("hits", "min-k-r", "r")
+TIES = ("tie-aware", "index")
+F64 = torch.float64
+
+
+def resolve_device(device, *tensors) -> torch.device:
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise HashbenchError(f"device: {device!r} is not a torch device ({exc})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise HashbenchError("device: 'cuda' requested but no CUDA device is available; use 'cpu'")
+        return dev
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type != "cpu":
+            return t.device
+    return torch.device("cpu")
+
+
+def relevance(ql: torch.Tensor, dl: torch.Tensor) -> torch.Tensor:
+    """(q, N) bool: the items sharing at least one label with each query."""
+    if ql.dim() == 1:
+        return ql[:, None] == dl[None, :]
+    dtype = torch.float16 if ql.device.type == "cuda" and ql.shape[1] <= 2048 else torch.float32
+    return (ql.to(dtype) @ dl.to(dtype).T) > 0
+
+
+def relevant_counts(prep: Prepared, chunk: int) -> torch.Tensor:
+    """R per query: number of relevant database items (float64, on the device)."""
+    ql, dl = prep.query_labels, prep.db_labels
+    if ql.dim() == 1:
+        classes, counts = torch.unique(dl, return_counts=True)
+        pos = torch.searchsorted(classes, ql).clamp_max(classes.numel() - 1)
+        return torch.where(classes[pos] == ql, counts[pos], 0).to(F64)
+    return torch.cat([relevance(ql[i:i + chunk], dl).sum(1) for i in range(0, ql.shape[0], chunk)]).to(F64)
+
+
+def _bincount(key: torch.Tensor, minlength: int) -> torch.Tensor:
+    if key.is_cuda:
+        return torch.bincount(key.reshape(-1), minlength=minlength)
+    return torch.from_numpy(np.bincount(key.reshape(-1).numpy(), minlength=minlength))
+
+
+def hamming_histograms(d: torch.Tensor, rel: torch.Tensor, bits: int):
+    """Per-query counts of all / relevant items at each Hamming distance 0..bits: (q, bits+1) float64."""
+    q = d.shape[0]
+    width = bits + 1
+    key = d.to(torch.int64 if q * width * 2 >= 2 ** 31 else torch.int32)
+    key = (key + torch.arange(q, device=d.device, dtype=key.dtype)[:, None] * width) * 2 + rel
+    c = _bincount(key, q * width * 2).view(q, width, 2).to(d.device, F64)
+    return c.sum(2), c[:, :, 1]
+
+
+def float_groups(dist_sorted: torch.Tensor, rel_sorted: torch.Tensor):
+    """Tie groups of a full sorted float ranking, packed to the left: (q, N) counts float64."""
+    q, n = dist_sorted.shape
+    new = torch.ones_like(dist_sorted, dtype=torch.int64)
+    new[:, 1:] = (dist_sorted[:, 1:] != dist_sorted[:, :-1]).to(torch.int64)
+    gid = torch.cumsum(new, 1) - 1
+    cnt = torch.zeros(q, n, dtype=F64, device=dist_sorted.device)
+    rel = torch.zeros(q, n, dtype=F64, device=dist_sorted.device)
+    cnt.scatter_add_(1, gid, torch.ones_like(gid, dtype=F64))
+    rel.scatter_add_(1, gid, rel_sorted.to(F64))
+    return cnt, rel
+
+
+def _chunk_size(prep: Prepared, override: int | None) -> int:
+    if override:
+        return int(override)
+    budget = 2 ** 30 if prep.db.device.type == "cuda" else 2 ** 23
+    return max(1, budget // prep.db.shape[0])
+
+
+def _mean(x: torch.Tensor, keep: torch.Tensor | None = None) -> float:
+    if keep is not None:
+        x = x[keep]
+    return float(x.mean().item()) if x.numel() else 0.0
+
+
+def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = "hamming",
+             ks=(10, 100, 1000, "all"), convention: str = "hits", ties: str = "tie-aware",
+             exclude_no_hit: bool = False, engine: str = "auto", device=None, bits: int | None = None,
+             hamming_radius: int | None = 2, pr_curve: bool = False, map_at_r: bool = True,
+             knn_k: int | None = None, chunk_size: int | None = None) -> dict:
+    """Retrieval metrics of ``query_codes`` against ``db_codes`` under one named protocol.
+
+    Returns ``mAP@<k>``, ``P@<k>``, ``R@<k>`` for each cut-off, ``MAP@R`` and ``R-precision``
+    (``map_at_r``), ``P@H<=<r>`` and ``H<=<r>-empty-queries`` for binary codes (``hamming_radius``),
+    ``pr_curve`` (asked for), ``kNN-balanced-accuracy`` (``knn_k``), and ``protocol``. See
+    docs/metrics.md for the exact definition of each convention and tie policy.
+    """
+    if convention not in CONVENTIONS:
+        raise HashbenchError(f"convention: {convention!r} is not one of {', '.join(CONVENTIONS)}")
+    if ties not in TIES:
+        raise HashbenchError(f"ties: {ties!r} is not one of {', '.join(TIES)}")
+    dev = resolve_device(device, query_codes, db_codes)
+    prep = prepare(query_codes, db_codes, query_labels, db_labels, distance=distance, bits=bits, device=dev)
+    n_db, n_q = prep.db.shape[0], prep.query.shape[0]
+    cutoffs = parse_ks(ks, n_db)
+    if hamming_radius is not None and prep.binary and (int(hamming_radius) != hamming_radius or hamming_radius < 0):
+        raise HashbenchError(f"hamming_radius: must be an integer >= 0, got {hamming_radius!r}")
+    if knn_k is not None and (int(knn_k) != knn_k or knn_k <= 0):
+        raise HashbenchError(f"knn_k: must be a positive integer, got {knn_k!r}")
+    eng_name = choose_engine(engine, dev)
+    eng = build_engine(eng_name, prep)
+    chunk = _chunk_size(prep, chunk_size)
+
+    R_all = relevant_counts(prep, chunk)
+    kvec = torch.tensor([k for _, k in cutoffs], device=dev, dtype=torch.int64)
+    grouped = ties == "tie-aware"
+    want_hist = prep.binary and (grouped or hamming_radius is not None or pr_curve)
+    depth = int(kvec.max())
+    if map_at_r and not grouped:
+        depth = max(depth, int(R_all.max().item()))
+    depth = min(max(depth, 1), n_db)
+    if grouped and not prep.binary:
+        depth = n_db
+    harm = M.harmonic_table(n_db, dev) if grouped else None
+
+    per = {name: [] for name in ("hits", "ap", "p", "r", "mapr", "rprec", "hr_prec", "hr_n",
+                                 "pr_p", "pr_r", "pr_n")}
+    for s in range(0, n_q, chunk):
+        qc = prep.query[s:s + chunk]
+        qlc = prep.query_labels[s:s + chunk]
+        R = R_all[s:s + chunk]
+        nq = qc.shape[0]
+        cut = kvec.unsqueeze(0).expand(nq, -1)
+        if map_at_r:
+            cut = torch.cat([cut, R.to(torch.int64).unsqueeze(1)], 1)
+        n = r = None
+        if want_hist:
+            d = eng.distances(qc)
+            n, r = hamming_histograms(d, relevance(qlc, prep.db_labels), prep.dim)
+            del d
+        if grouped:
+            if not prep.binary:
+                ids, dist = eng.ranking(qc, n_db)
+                n, r = float_groups(dist, _gather_relevance(prep, qlc, ids))
+            hits, S, ap_hits = M.grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits")
+        else:
+            ids, _ = eng.ranking(qc, depth)
+            hits, S, ap_hits = M.ranked_sums(_gather_relevance(prep, qlc, ids), cut.clamp_max(depth))
+        nk = len(cutoffs)
+        kf = cut[:, :nk].to(F64)
+        Rk = R.unsqueeze(1).expand(-1, nk)
+        per["hits"].append(hits[:, :nk])
+        per["ap"].append(M.apply_convention(convention, hits[:, :nk], S[:, :nk],
+                                            None if ap_hits is None else ap_hits[:, :nk], kf, Rk))
+        per["p"].append(hits[:, :nk] / kf)
+        per["r"].append(torch.where(Rk > 0, hits[:, :nk] / Rk.clamp_min(1), 0.0))
+        if map_at_r:
+            pos = R > 0
+            per["mapr"].append(torch.where(pos, S[:, nk] / R.clamp_min(1), 0.0))
+            per["rprec"].append(torch.where(pos, hits[:, nk] / R.clamp_min(1), 0.0))
+        if prep.binary and hamming_radius is not None:
+            rad = min(int(hamming_radius), prep.dim)
+            got, good = n[:, :rad + 1].sum(1), r[:, :rad + 1].sum(1)
+            per["hr_prec"].append(torch.where(got > 0, good / got.clamp_min(1), 0.0))
+            per["hr_n"].append(got)
+        if pr_curve:
+            if prep.binary:
+                got, good = torch.cumsum(n, 1), torch.cumsum(r, 1)
+            else:
+                ids, _ = eng.ranking(qc, n_db)
+                good = torch.cumsum(_gather_relevance(prep, qlc, ids), 1, dtype=torch.int64)[:, _pr_ranks(n_db) - 1]
+                got = torch.as_tensor(_pr_ranks(n_db), device=dev).to(F64).expand(nq, -1)
+            per["pr_p"].append(torch.where(got > 0, good / got.clamp_min(1), 0.0))
+            per["pr_n"].append(got > 0)
+            per["pr_r"].append(torch.where(R[:, None] > 0, good / R.clamp_min(1)[:, None], 0.0))
+
+    cat = {k: torch.cat(v) for k, v in per.items() if v}
+    res: dict = {}
+    no_hit = {}
+    for j, (name, _) in enumerate(cutoffs):
+        hit_any = cat["hits"][:, j] > 0
+        no_hit[name] = int((~hit_any).sum())
+        res[f"mAP@{name}"] = _mean(cat["ap"][:, j], hit_any if exclude_no_hit else None)
+        res[f"P@{name}"] = _mean(cat["p"][:, j])
+        res[f"R@{name}"] = _mean(cat["r"][:, j], (R_all > 0) if exclude_no_hit else None)
+    if map_at_r:
+        keep = (R_all > 0) if exclude_no_hit else None
+        res["MAP@R"] = _mean(cat["mapr"], keep)
+        res["R-precision"] = _mean(cat["rprec"], keep)
+    if "hr_prec" in cat:
+        rad = min(int(hamming_radius), prep.dim)
+        res[f"P@H<={rad}"] = _mean(cat["hr_prec"])
+        res[f"H<={rad}-empty-queries"] = int((cat["hr_n"] == 0).sum())
+    if pr_curve:
+        valid = cat["pr_n"].to(F64)
+        prec = (cat["pr_p"] * valid).sum(0) / valid.sum(0).clamp_min(1)
+        rec = cat["pr_r"].mean(0)
+        xs = list(range(prep.dim + 1)) if prep.binary else _pr_ranks(n_db).tolist()
+        res["pr_curve"] = {"x": "hamming_radius" if prep.binary else "rank", "at": xs,
+                           "precision": prec.tolist(), "recall": rec.tolist()}
+    if knn_k is not None:
+        from hashbench.platform.evaluation.embedding import balanced_accuracy_from_ranking
+
+        ids = torch.cat([eng.ranking(prep.query[s:s + chunk], min(int(knn_k), n_db))[0]
+                         for s in range(0, n_q, chunk)])
+        res["kNN-balanced-accuracy"] = balanced_accuracy_from_ranking(ids, prep.query_labels, prep.db_labels)
+    if eng_name in APPROXIMATE:
+        res["recall_vs_exact"] = _recall_vs_exact(prep, eng, int(kvec.min()), chunk)
+    res["protocol"] = {
+        "convention": convention, "ties": ties,
+        "no_hit": "excluded" if exclude_no_hit else "count-as-zero",
+        "no_hit_queries": no_hit, "distance": distance, "ks": [name for name, _ in cutoffs],
+        "k_effective": {name: k for name, k in cutoffs}, "engine": eng_name, "device": str(dev),
+        "n_queries": n_q, "n_db": n_db, ("bits" if prep.binary else "dim"): prep.dim,
+        "multi_label": prep.multi_label, "queries_without_relevant": int((R_all == 0).sum()),
+        "hamming_radius": hamming_radius if prep.binary else None,
+    }
+    return res
+
+
+def _pr_ranks(n_db: int) -> np.ndarray:
+    """Rank cut-offs of the precision-recall curve of float codes: 1, then 20 log-spaced up to N."""
+    return np.unique(np.geomspace(1, n_db, 21).round().astype(np.int64))
+
+
+def _gather_relevance(prep: Prepared, qlc: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Relevance of the ranked items ``ids`` (q, K) to each query."""
+    if qlc.dim() == 1:
+        return prep.db_labels[ids] == qlc[:, None]
+    return (prep.db_labels[ids] & qlc[:, None, :]).any(2)
+
+
+def _recall_vs_exact(prep: Prepared, eng, k: int, chunk: int) -> dict:
+    """Recall@k of an approximate index: share of the exact top-k (index ties) it returns."""
+    from hashbench.platform.evaluation.engines import TorchEngine
+
+    exact = TorchEngine(prep)
+    found = 0
+    for s in range(0, prep.query.shape[0], chunk):
+        qc = prep.query[s:s + chunk]
+        a, _ = eng.ranking(qc, k)
+        e, _ = exact.ranking(qc, k)
+        found += int((a.unsqueeze(2) == e.unsqueeze(1)).any(2).sum())
+    return {"k": k, "recall": found / (prep.query.shape[0] * k)}

@@ -1,0 +1,399 @@
+"""The leaderboard: a directory of Parquet files, one row per finished trial.
+
+Every row is written as its own file, first to a hidden temporary name in the same directory and
+then renamed into place (``os.replace``), so concurrent trials never corrupt or lose each other's
+rows and a reader never sees a half-written file. The file name is derived from the row's
+``(sweep_id, trial_id)`` (or its ``run_id``), so writing the row of the same trial again replaces
+it: a resumed sweep cannot duplicate rows.
+
+Schema: ``SCHEMA`` (version ``SCHEMA_VERSION``), documented in docs/leaderboard.md. Each file
+carries its ``schema_version``. Reading upgrades older files in memory through ``UPGRADES``
+(``UPGRADES[v]`` turns a version-``v`` frame into a version-``v + 1`` frame), skips corrupt or
+partial files with a warning naming them, and refuses files written by a newer hashbench.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
+import uuid
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import polars as pl
+
+from hashbench.platform.errors import HashbenchError
+
+SCHEMA_VERSION = 1
+
+#: The columns the architecture fixes (docs/architecture.md), in order, then the added ones.
+TEST_METRICS = ("test_mAP@10", "test_mAP@100", "test_mAP@1000", "test_mAP@all", "test_P@10", "test_P@100",
+                "test_R@100", "test_P@H<=2", "test_MAP@R", "test_R-precision")
+SCHEMA: dict[str, pl.DataType] = {
+    "schema_version": pl.Int64, "row_id": pl.String, "sweep_id": pl.String, "trial_id": pl.String,
+    "run_id": pl.String, "status": pl.String, "method": pl.String, "family": pl.String,
+    "dataset": pl.String, "dataset_fingerprint": pl.String, "splits": pl.String,
+    "code_type": pl.String, "bits": pl.Int64, "storage_bits": pl.Int64, "distance": pl.String,
+    "metric_convention": pl.String, "tie_policy": pl.String, "no_hit_policy": pl.String,
+    "val_mAP@100": pl.Float64, **{m: pl.Float64 for m in TEST_METRICS},
+    "metrics_json": pl.String, "protocol_json": pl.String, "params_json": pl.String,
+    "seed": pl.Int64, "epochs": pl.Int64,
+    "time_train_s": pl.Float64, "time_encode_s": pl.Float64, "time_eval_s": pl.Float64,
+    "time_total_s": pl.Float64, "train_images_per_s": pl.Float64, "encode_images_per_s": pl.Float64,
+    "queries_per_s": pl.Float64, "device": pl.String, "hashbench_commit": pl.String,
+    "torch_version": pl.String, "ray_version": pl.String, "run_dir": pl.String,
+    "started_at": pl.String, "finished_at": pl.String,
+    # added beyond the architecture's list (docs/leaderboard.md):
+    "role": pl.String,          # "trial" (a search trial), "seed" (a re-run of the best config)
+    "config_json": pl.String,   # the full TrainConfig.to_dict(), what `hashbench reproduce` re-runs
+}
+STATUSES = ("completed", "stopped", "error")
+ROLES = ("trial", "seed")
+GROUP = ("method", "dataset", "bits")
+
+#: ``UPGRADES[v](frame) -> frame`` turns schema version ``v`` into ``v + 1`` (none yet: v1 is the first).
+UPGRADES: dict[int, Callable[[pl.DataFrame], pl.DataFrame]] = {}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@functools.lru_cache(maxsize=1)
+def hashbench_commit() -> str:
+    """The git commit of the hashbench checkout (``+dirty`` with local changes), else ``$HASHBENCH_COMMIT``."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10)
+            return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("HASHBENCH_COMMIT", "unknown")
+
+
+def _versions() -> tuple[str, str]:
+    import torch
+
+    try:
+        import ray
+        ray_version = ray.__version__
+    except ImportError:  # pragma: no cover - ray is a dependency
+        ray_version = "none"
+    return torch.__version__, ray_version
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _float(v: Any) -> Optional[float]:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def row_from_result(result: Any, *, sweep_id: str = "", trial_id: str = "", status: str = "completed",
+                    role: str = "trial", started_at: Optional[str] = None,
+                    finished_at: Optional[str] = None) -> dict:
+    """A leaderboard row (a dict over ``SCHEMA``) from a training ``RunResult`` (object or dict).
+
+    ``status`` is ``completed`` for a run that reached its test evaluation, ``stopped`` for one that
+    early stopping ended (validation metrics only) and ``error`` for a failed one.
+    """
+    from hashbench.platform.data import load_dataset
+    from hashbench.platform.registry import get_method
+
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    config = _get(result, "config")
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    method = get_method(cfg["method"])
+    ds = load_dataset(cfg["dataset"])
+    metrics = dict(_get(result, "metrics") or {})
+    protocol = dict(_get(result, "protocol") or {})
+    timings = dict(_get(result, "timings") or {})
+    throughput = dict(_get(result, "throughput") or {})
+    bits = int(cfg["bits"])
+    counts = ds.meta.get("counts", {})
+    splits = {s: counts.get(s, {}).get("items") if isinstance(counts.get(s), dict) else None
+              for s in ("train", "val", "test")}
+    splits.update({k: ds.meta[k] for k in ("split_protocol", "split_seed") if k in ds.meta})
+    torch_version, ray_version = _versions()
+    no_hit = protocol.get("exclude_no_hit", protocol.get("no_hit_policy"))
+    row = {
+        "schema_version": SCHEMA_VERSION, "row_id": uuid.uuid4().hex,
+        "sweep_id": sweep_id, "trial_id": trial_id, "run_id": str(_get(result, "run_id") or cfg.get("run_name")),
+        "status": status, "method": method.id, "family": method.family or method.id,
+        "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "splits": _json(splits),
+        "code_type": method.code_type, "bits": bits,
+        "storage_bits": bits if method.code_type == "binary" else 32 * bits,
+        "distance": protocol.get("distance", method.distance),
+        "metric_convention": protocol.get("convention"), "tie_policy": protocol.get("ties"),
+        "no_hit_policy": ("exclude" if no_hit else "include") if isinstance(no_hit, bool) else no_hit,
+        "val_mAP@100": _float(metrics.get("val_mAP@100")),
+        **{m: _float(metrics.get(m)) for m in TEST_METRICS},
+        "metrics_json": _json(metrics), "protocol_json": _json(protocol),
+        "params_json": _json(cfg.get("hp") or cfg.get("params") or {}),
+        "seed": int(cfg.get("seed", 0)), "epochs": int(_get(result, "epochs_run") or cfg.get("epochs") or 0),
+        "time_train_s": _float(timings.get("train_s")), "time_encode_s": _float(timings.get("encode_s")),
+        "time_eval_s": _float(timings.get("eval_s")), "time_total_s": _float(timings.get("total_s")),
+        "train_images_per_s": _float(throughput.get("train_images_per_s")),
+        "encode_images_per_s": _float(throughput.get("encode_images_per_s")),
+        "queries_per_s": _float(throughput.get("queries_per_s")),
+        "device": str(_get(result, "device") or ""), "hashbench_commit": hashbench_commit(),
+        "torch_version": torch_version, "ray_version": ray_version,
+        "run_dir": str(_get(result, "run_dir") or ""),
+        "started_at": started_at, "finished_at": finished_at or now_iso(),
+        "role": role, "config_json": _json(cfg),
+    }
+    return row
+
+
+def _file_name(row: dict) -> str:
+    if row.get("sweep_id") and row.get("trial_id"):
+        key = f"{row['sweep_id']}__{row['trial_id']}"
+    elif row.get("run_id"):
+        key = f"run__{row['run_id']}"
+    else:
+        raise HashbenchError("a leaderboard row needs a sweep_id and trial_id, or a run_id")
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", key) + ".parquet"
+
+
+def row_path(directory: str | os.PathLike, row: dict) -> Path:
+    """Where ``row`` is (or would be) stored in ``directory``."""
+    return Path(directory) / _file_name(row)
+
+
+def _frame(rows: Iterable[dict]) -> pl.DataFrame:
+    rows = list(rows)
+    unknown = sorted({k for r in rows for k in r} - set(SCHEMA))
+    if unknown:
+        raise HashbenchError(f"leaderboard row has unknown columns {unknown}; valid columns: {', '.join(SCHEMA)}")
+    return pl.DataFrame([{k: r.get(k) for k in SCHEMA} for r in rows], schema=SCHEMA, orient="row")
+
+
+def append_row(directory: str | os.PathLike, row: dict) -> Path:
+    """Write ``row`` as one Parquet file in ``directory`` (atomically); returns its path.
+
+    The same (sweep_id, trial_id) maps to the same file, so writing a trial twice keeps one row.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HashbenchError(f"leaderboard directory {directory}: cannot create it ({exc.strerror})") from None
+    row = {"schema_version": SCHEMA_VERSION, "row_id": uuid.uuid4().hex, **row}
+    frame = _frame([row])
+    dest = directory / _file_name(row)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet.part", dir=directory)
+    except OSError as exc:
+        raise HashbenchError(f"leaderboard directory {directory}: not writable ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            frame.write_parquet(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def check_writable(directory: str | os.PathLike, what: str = "leaderboard directory") -> Path:
+    """Create ``directory`` if needed and prove a file can be written there, else HashbenchError."""
+    directory = Path(directory).expanduser()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise HashbenchError(f"{what} {directory}: not writable ({exc.strerror or exc}); "
+                             f"choose a directory you can write to") from None
+    return directory
+
+
+def _upgrade(frame: pl.DataFrame, version: int, path: Path) -> pl.DataFrame:
+    while version < SCHEMA_VERSION:
+        if version not in UPGRADES:
+            raise HashbenchError(f"{path}: leaderboard schema version {version} has no upgrade to "
+                                 f"{version + 1}; this hashbench reads versions "
+                                 f"{min([SCHEMA_VERSION, *UPGRADES])}..{SCHEMA_VERSION}")
+        frame = UPGRADES[version](frame)
+        version += 1
+    return frame.with_columns(pl.lit(SCHEMA_VERSION, pl.Int64).alias("schema_version"))
+
+
+def read_leaderboard(directory: str | os.PathLike) -> pl.DataFrame:
+    """Every row in ``directory`` as one frame over ``SCHEMA`` (empty frame if there are none).
+
+    Corrupt or partial files are skipped with a warning naming them; files of an older schema are
+    upgraded in memory; files of a newer schema raise HashbenchError naming them.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        return pl.DataFrame(schema=SCHEMA)
+    if not directory.is_dir():
+        raise HashbenchError(f"leaderboard directory {directory}: not a directory")
+    frames, skipped, newer = [], [], []
+    for path in sorted(directory.rglob("*.parquet")):
+        if path.name.startswith("."):
+            continue
+        try:
+            frame = pl.read_parquet(path)
+            versions = frame["schema_version"].unique().to_list()
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, by name
+            skipped.append(f"{path} ({type(exc).__name__})")
+            continue
+        if len(versions) != 1 or versions[0] is None:
+            skipped.append(f"{path} (no single schema_version)")
+            continue
+        version = int(versions[0])
+        if version > SCHEMA_VERSION:
+            newer.append(f"{path} (version {version})")
+            continue
+        frame = _upgrade(frame, version, path)
+        missing = [c for c in SCHEMA if c not in frame.columns]
+        if missing:
+            skipped.append(f"{path} (missing columns {missing})")
+            continue
+        try:
+            frames.append(frame.select([pl.col(c).cast(t) for c, t in SCHEMA.items()]))
+        except Exception as exc:  # noqa: BLE001
+            skipped.append(f"{path} (bad column types: {type(exc).__name__})")
+    if newer:
+        raise HashbenchError(
+            f"leaderboard {directory} holds files of a newer schema than this hashbench reads "
+            f"(version {SCHEMA_VERSION}): {', '.join(newer)}; upgrade hashbench to read them")
+    if skipped:
+        warnings.warn(f"leaderboard {directory}: skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}",
+                      stacklevel=2)
+    if not frames:
+        return pl.DataFrame(schema=SCHEMA)
+    return pl.concat(frames, how="vertical")
+
+
+def filter_rows(df: pl.DataFrame, *, dataset: Optional[Iterable[str]] = None,
+                method: Optional[Iterable[str]] = None, bits: Optional[Iterable[int]] = None) -> pl.DataFrame:
+    """Rows whose dataset / method / bits are among the given values (``None``: any)."""
+    if dataset:
+        df = df.filter(pl.col("dataset").is_in(list(dataset)))
+    if method:
+        df = df.filter(pl.col("method").is_in(list(method)))
+    if bits:
+        df = df.filter(pl.col("bits").is_in([int(b) for b in bits]))
+    return df
+
+
+def best_runs(df: pl.DataFrame, metric: str = "val_mAP@100") -> pl.DataFrame:
+    """The best completed search trial per (method, dataset, bits), chosen on ``metric``.
+
+    Ties go to the earlier finished row, then the smaller row_id, so the choice is deterministic.
+    """
+    done = df.filter((pl.col("status") == "completed") & (pl.col("role") == "trial")
+                     & pl.col(metric).is_not_null())
+    return (done.sort([metric, "finished_at", "row_id"], descending=[True, False, False], nulls_last=True)
+            .group_by(list(GROUP), maintain_order=True).first()
+            .sort(list(GROUP)))
+
+
+def t_quantile(n: int, level: float = 0.95) -> float:
+    """Two-sided Student-t quantile for ``n`` samples (``n - 1`` degrees of freedom)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, n - 1))
+
+
+def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float, int]:
+    """``(mean, half-width of the level CI by the t-distribution, n)``; half-width is NaN for n < 2."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(vals) / n
+    if n < 2:
+        return mean, math.nan, n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    return mean, t_quantile(n, level) * sd / math.sqrt(n), n
+
+
+def seed_summary(df: pl.DataFrame, metrics: Iterable[str] = ("test_mAP@100",),
+                 level: float = 0.95) -> pl.DataFrame:
+    """Per (method, dataset, bits, params_json): n seeds, mean and CI half-width of each metric.
+
+    Counts completed rows of role ``seed`` together with the trial they re-run (same params), so
+    ``--seeds N`` gives N + 1 samples of the best configuration.
+    """
+    metrics = list(metrics)
+    done = df.filter(pl.col("status") == "completed")
+    seeded = done.filter(pl.col("role") == "seed").select([*GROUP, "params_json"]).unique()
+    keys = [*GROUP, "params_json"]
+    rows = []
+    for key_frame in seeded.iter_rows(named=True):
+        group = done.filter(pl.all_horizontal([pl.col(k) == key_frame[k] for k in keys]))
+        # one sample per distinct seed (the trial and a seed re-run may share a seed value)
+        group = group.sort("role").unique(subset=["seed"], keep="first")
+        out = dict(key_frame)
+        for m in metrics:
+            mean, half, n = mean_ci(group[m].to_list(), level)
+            out[f"{m}_mean"], out[f"{m}_ci95"], out["n_seeds"] = mean, half, n
+        rows.append(out)
+    schema = {"method": pl.String, "dataset": pl.String, "bits": pl.Int64, "params_json": pl.String,
+              **{c: pl.Float64 for m in metrics for c in (f"{m}_mean", f"{m}_ci95")}, "n_seeds": pl.Int64}
+    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+
+
+def find_row(df: pl.DataFrame, run_id: str) -> dict:
+    """The row whose ``run_id`` (or ``row_id``) is ``run_id``; the error lists a few valid ids."""
+    hit = df.filter((pl.col("run_id") == run_id) | (pl.col("row_id") == run_id))
+    if hit.height == 0:
+        some = ", ".join(df["run_id"].head(5).to_list()) or "(the leaderboard is empty)"
+        raise HashbenchError(f"no leaderboard row with run id {run_id!r}; some run ids: {some}")
+    return hit.row(0, named=True)
+
+
+VIEW_COLUMNS = ("method", "dataset", "bits", "code_type", "val_mAP@100", "test_mAP@100", "test_mAP@1000",
+                "test_P@100", "test_MAP@R", "epochs", "time_total_s", "device", "run_id")
+
+
+def leaderboard_view(df: pl.DataFrame, *, all_runs: bool = False) -> pl.DataFrame:
+    """What ``hashbench leaderboard`` shows: the best run per (method, dataset, bits), or every run.
+
+    In the best-run view, a configuration re-trained with ``--seeds`` gets ``n_seeds`` and the
+    mean and 95 % CI half-width (t-distribution) of its test mAP@100 over the seeds.
+    """
+    if all_runs:
+        cols = ["sweep_id", "trial_id", "role", "status", *VIEW_COLUMNS, "seed", "params_json"]
+        return df.select(cols).sort(["method", "dataset", "bits", "val_mAP@100"],
+                                    descending=[False, False, False, True], nulls_last=True)
+    best = best_runs(df)
+    seeds = seed_summary(df, ("test_mAP@100",))
+    view = best.join(seeds, on=[*GROUP, "params_json"], how="left")
+    return view.select([*VIEW_COLUMNS[:6], "test_mAP@100_mean", "test_mAP@100_ci95", "n_seeds",
+                        *VIEW_COLUMNS[6:]])

@@ -1,0 +1,413 @@
+"""The sweep driver: Ray Tune + Optuna over the studies of a validated :class:`SweepConfig`.
+
+Layout under the storage root ``<storage>/<sweep name>/``: ``sweep.json`` (the manifest: config
+text, leaderboard directory) and one Tune experiment per searched study (``<method>-<dataset>-<bits>b``),
+one ``fixed`` experiment running every single-trial study side by side, and one ``seeds`` experiment
+for the ``--seeds`` re-runs. ``--resume`` restores each experiment with ``Tuner.restore``.
+
+Each finished trial writes its own leaderboard row; after each experiment the driver writes the
+rows still missing (trials that ASHA stopped, that failed, or that ended while the driver was
+down). Rows are keyed by (sweep, trial), so nothing is ever written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+from ray.tune import Callback
+
+from hashbench.platform.errors import HashbenchError
+from hashbench.platform.leaderboard import (append_row, check_writable, now_iso, read_leaderboard,
+                                            row_from_result, row_path)
+from hashbench.platform.sweep.config import Study, SweepConfig, train_config
+
+METRIC = "val_mAP@100"
+STUDY_KEY = "__study"
+SEED_KEY = "__seed"
+MANIFEST = "sweep.json"
+AUTO_GPU_SHARE = 0.25  # gpus_per_worker: auto -> four trials share a GPU when the cluster has GPUs
+
+
+# --- storage -------------------------------------------------------------------------------------------
+
+def _fs(uri: str):
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except Exception as exc:  # noqa: BLE001 - unknown scheme, bad bucket
+        raise HashbenchError(f"storage {uri!r}: cannot open it ({exc})") from None
+
+
+def storage_root(cfg: SweepConfig, storage: Optional[str] = None) -> str:
+    """``<storage>/<sweep name>`` as an absolute path or a URI."""
+    base = storage or cfg.storage
+    if "://" not in base:
+        base = os.path.abspath(os.path.expanduser(base))
+    return base.rstrip("/") + "/" + cfg.name
+
+
+def check_storage(root: str) -> None:
+    """Prove ``root`` can be written (creates it); HashbenchError naming it otherwise."""
+    if "://" not in root:
+        check_writable(root, what="storage")
+        return
+    fs, path = _fs(root)
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/.probe") as f:
+            f.write(b"ok")
+        fs.delete_file(f"{path}/.probe")
+    except Exception as exc:  # noqa: BLE001
+        raise HashbenchError(f"storage {root}: not writable ({exc})") from None
+
+
+def read_manifest(root: str) -> Optional[dict]:
+    import pyarrow.fs
+
+    fs, path = _fs(root)
+    info = fs.get_file_info(f"{path}/{MANIFEST}")
+    if info.type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(f"{path}/{MANIFEST}") as f:
+        return json.loads(f.read().decode())
+
+
+def write_manifest(root: str, manifest: dict) -> None:
+    fs, path = _fs(root)
+    tmp = f"{path}/.{MANIFEST}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(manifest, indent=2).encode())
+    fs.move(tmp, f"{path}/{MANIFEST}")
+
+
+def _existing_sweeps(root: str) -> list:
+    import pyarrow.fs
+
+    fs, path = _fs(root)
+    parent = path.rsplit("/", 1)[0]
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+    except Exception:  # noqa: BLE001
+        return []
+    return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
+                  and fs.get_file_info(f"{i.path}/{MANIFEST}").type == pyarrow.fs.FileType.File)
+
+
+# --- resources -----------------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """How trials use the cluster."""
+
+    gpus_per_worker: float
+    trial_resources: dict
+    capacity: int  # trials that fit at once
+
+
+def plan_resources(cfg: SweepConfig, nodes: list) -> Plan:
+    """Check the per-worker request against ``nodes`` (their total resources) and size concurrency.
+
+    Raises HashbenchError when no node can ever hold one worker, or the cluster cannot hold the
+    workers of one trial.
+    """
+    has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
+    gpus = (AUTO_GPU_SHARE if has_gpu else 0.0) if cfg.gpus_per_worker == "auto" else float(cfg.gpus_per_worker)
+    cpus = float(cfg.cpus_per_worker)
+
+    def fits(node) -> int:
+        n = math.inf
+        if cpus > 0:
+            n = min(n, math.floor(node.get("CPU", 0) / cpus + 1e-9))
+        if gpus > 0:
+            n = min(n, math.floor(node.get("GPU", 0) / gpus + 1e-9))
+        return int(n) if n != math.inf else 1 << 20
+
+    per_node = [fits(n) for n in nodes]
+    described = "; ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU"
+                          for i, n in enumerate(nodes)) or "no nodes"
+    if not any(per_node):
+        raise HashbenchError(
+            f"{cfg.source}: resources: a worker asks for {cpus:g} CPU and {gpus:g} GPU, which no node of the "
+            f"cluster can ever give ({described}); lower resources.cpus_per_worker / gpus_per_worker")
+    slots = sum(per_node)
+    if slots < cfg.workers:
+        raise HashbenchError(
+            f"{cfg.source}: resources: a trial needs {cfg.workers} workers of {cpus:g} CPU and {gpus:g} GPU, "
+            f"but the cluster holds only {slots} ({described}); lower resources.workers")
+    if cfg.workers == 1:
+        trial = {"cpu": cpus, "gpu": gpus}
+        capacity = slots
+    else:  # the Tune function only drives a TorchTrainer, whose workers take the resources
+        trial = {"cpu": 0.01}
+        capacity = max(1, slots // cfg.workers)
+    if cfg.max_concurrent:
+        capacity = min(capacity, cfg.max_concurrent)
+    return Plan(gpus, trial, capacity)
+
+
+def cluster_nodes() -> list:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+# --- the trial -----------------------------------------------------------------------------------------
+
+def run_name(sweep_id: str, trial_id: str) -> str:
+    return f"{sweep_id}-{trial_id}"
+
+
+def _trial(hp: dict, *, cfg: SweepConfig, studies: dict, default_key: Optional[str], sweep_id: str,
+           leaderboard: str, gpus: float, role: str) -> None:
+    """One Tune trial: train, then write this trial's leaderboard row."""
+    import ray.tune
+
+    from hashbench.platform.sweep.session import TuneSession
+    from hashbench.platform.training import fit, run_training
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    hp = dict(hp)
+    study = studies[hp.pop(STUDY_KEY, default_key)]
+    seed = hp.pop(SEED_KEY, None)
+    tcfg = train_config(cfg, study, hp, seed=seed, run_name=run_name(sweep_id, trial_id), gpus=gpus)
+    started = now_iso()
+    if tcfg.workers == 1:
+        result = fit(tcfg, TuneSession(tcfg.device))
+    else:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        tcfg.storage_path = tcfg.storage_path or os.path.join(cfg.out_dir, "_ray")
+        result = run_training(tcfg, callbacks=[TuneReportCallback()])
+    append_row(leaderboard, row_from_result(result, sweep_id=sweep_id, trial_id=trial_id, role=role,
+                                            started_at=started))
+
+
+class Progress(Callback):
+    """A Tune callback printing one line per epoch and per finished trial (``emit`` must pickle)."""
+
+    def __init__(self, emit: Callable[[str], None], label: str, total: int):
+        self.emit, self.label, self.total, self.done = emit, label, total, 0
+
+    def _name(self, trial) -> str:
+        return f"[{trial.config.get(STUDY_KEY, self.label)}] trial {trial.trial_id}"
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "test_mAP@100" not in result:
+            self.emit(f"  {self._name(trial)} epoch {result.get('epoch')}: "
+                      f"val mAP@100 {result.get(METRIC, float('nan')):.4f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        test = (trial.last_result or {}).get("test_mAP@100")
+        what = f"test mAP@100 {test:.4f}" if test is not None else "stopped early"
+        self.emit(f"  {self._name(trial)} done ({self.done}/{self.total}): {what}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        self.emit(f"  {self._name(trial)} FAILED ({self.done}/{self.total}); see {trial.path}")
+
+
+# --- filling in rows the trials could not write --------------------------------------------------------
+
+def _load_run_result(tcfg, checkpoint):
+    from hashbench.platform.training import RunResult
+
+    path = os.path.join(tcfg.run_dir, "metrics.json")
+    if os.path.isfile(path):
+        return RunResult.load(tcfg.run_dir)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            if os.path.isfile(os.path.join(d, "metrics.json")):
+                with open(os.path.join(d, "metrics.json")) as f:
+                    return RunResult(run_dir=tcfg.run_dir, **json.load(f))
+    return None
+
+
+def _fill_rows(grid, *, cfg: SweepConfig, studies: dict, default_key: Optional[str], sweep_id: str,
+               leaderboard: str, gpus: float, role: str) -> dict:
+    """Write the row of every trial of ``grid`` that has none; count trials by status."""
+    counts = {"completed": 0, "stopped": 0, "error": 0}
+    for trial, result in zip(grid._experiment_analysis.trials, grid):
+        hp = dict(trial.config)
+        study = studies[hp.pop(STUDY_KEY, default_key)]
+        seed = hp.pop(SEED_KEY, None)
+        tcfg = train_config(cfg, study, hp, seed=seed, run_name=run_name(sweep_id, trial.trial_id), gpus=gpus)
+        last = dict(trial.last_result or {})
+        run = _load_run_result(tcfg, result.checkpoint) if "test_mAP@100" in last or result.error is None else None
+        if run is not None:
+            status = "completed"
+        else:
+            status = "error" if result.error is not None else "stopped"
+            history = result.metrics_dataframe
+            best = None
+            if history is not None and METRIC in history.columns and len(history):
+                best = float(history[METRIC].max())
+            run = {"run_id": tcfg.run_id, "run_dir": tcfg.run_dir, "config": tcfg.to_dict(),
+                   "metrics": {METRIC: best} if best is not None else {}, "protocol": {},
+                   "epochs_run": int(last.get("epoch", -1)) + 1, "device": ""}
+        counts[status] += 1
+        probe = {"sweep_id": sweep_id, "trial_id": trial.trial_id}
+        if os.path.exists(row_path(leaderboard, probe)):
+            continue
+        append_row(leaderboard, row_from_result(run, sweep_id=sweep_id, trial_id=trial.trial_id,
+                                                status=status, role=role))
+    return counts
+
+
+# --- the driver ----------------------------------------------------------------------------------------
+
+@dataclass
+class SweepSummary:
+    sweep_id: str
+    root: str
+    leaderboard: str
+    trials: int
+    counts: dict
+    wall_s: float
+
+
+def _sampler_seed(cfg: SweepConfig, key: str) -> int:
+    return (cfg.seed * 1_000_003 + zlib.crc32(key.encode())) % (2**31 - 1)
+
+
+def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, default_key: Optional[str],
+                    param_space: dict, num_samples: int, searched: Optional[Study], plan: Plan,
+                    sweep_id: str, leaderboard: str, role: str, resume: bool, emit) -> dict:
+    from ray import tune
+
+    common = dict(cfg=cfg, studies=studies, default_key=default_key, sweep_id=sweep_id,
+                  leaderboard=leaderboard, gpus=plan.gpus_per_worker, role=role)
+    trainable = tune.with_resources(tune.with_parameters(_trial, **common), plan.trial_resources)
+    path = f"{root}/{name}"
+    total = num_samples if searched is not None else _grid_size(param_space)
+    progress = Progress(emit, default_key or name, total)
+    run_config = tune.RunConfig(name=name, storage_path=root, verbose=0, callbacks=[progress],
+                                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    if resume and tune.Tuner.can_restore(path):
+        emit(f"[{name}] resuming from {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        searcher = scheduler = None
+        if searched is not None:
+            from optuna.samplers import TPESampler
+            from ray.tune.search.optuna import OptunaSearch
+
+            searcher = OptunaSearch(sampler=TPESampler(seed=_sampler_seed(cfg, searched.key)))
+            if cfg.asha:
+                from ray.tune.schedulers import ASHAScheduler
+
+                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(searched.epochs, 1),
+                                          grace_period=min(cfg.asha["grace_period"], searched.epochs),
+                                          reduction_factor=cfg.asha["reduction_factor"], stop_last_trials=False)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+                                        num_samples=num_samples,
+                                        max_concurrent_trials=max(1, min(plan.capacity, total))),
+            run_config=run_config)
+    emit(f"[{name}] {total} trial(s), "
+         f"up to {plan.capacity} at a time, {plan.trial_resources}")
+    grid = tuner.fit()
+    return _fill_rows(grid, **common)
+
+
+def _grid_size(space: dict) -> int:
+    n = 1
+    for v in space.values():
+        if isinstance(v, dict) and "grid_search" in v:
+            n *= len(v["grid_search"])
+    return n if space else 0
+
+
+def _best_params(leaderboard: str, sweep_id: str, study: Study) -> Optional[dict]:
+    import polars as pl
+
+    from hashbench.platform.leaderboard import best_runs
+
+    df = read_leaderboard(leaderboard).filter(pl.col("sweep_id") == sweep_id)
+    best = best_runs(df).filter((pl.col("method") == study.method) & (pl.col("bits") == study.bits)
+                                & (pl.col("dataset") == os.path.basename(os.path.normpath(study.dataset))))
+    if best.height == 0:
+        return None
+    row = best.row(0, named=True)
+    return {"params": json.loads(row["params_json"]), "seed": int(row["seed"])}
+
+
+def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] = None,
+              storage: Optional[str] = None, seeds: Optional[int] = None, leaderboard: Optional[str] = None,
+              emit: Callable[[str], None] = print) -> SweepSummary:
+    """Run (or with ``resume`` continue) the sweep ``cfg``; every finished trial becomes one row."""
+    import ray
+
+    t0 = time.perf_counter()
+    cfg = replace(cfg, out_dir=os.path.abspath(cfg.out_dir),
+                  leaderboard=os.path.abspath(leaderboard or cfg.leaderboard))
+    if seeds is not None:
+        cfg = replace(cfg, seeds=seeds)
+    root = storage_root(cfg, storage)
+    manifest = read_manifest(root) if "://" in root or os.path.isdir(root) else None
+    if resume and manifest is None:
+        others = _existing_sweeps(root)
+        raise HashbenchError(f"--resume: no sweep named {cfg.name!r} in {root.rsplit('/', 1)[0]}; "
+                             f"sweeps there: {', '.join(others) or '(none)'}")
+    if not resume and manifest is not None:
+        raise HashbenchError(f"sweep {cfg.name!r} already exists in {root}; pass --resume to continue it, "
+                             f"or set another 'name' in {cfg.source}")
+    check_storage(root)
+    check_writable(cfg.leaderboard)
+    check_writable(cfg.out_dir, what="run directory")
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    plan = plan_resources(cfg, cluster_nodes())
+    if manifest is None:
+        write_manifest(root, {"name": cfg.name, "source": cfg.source, "leaderboard": cfg.leaderboard,
+                              "created_at": now_iso(), "config": open(cfg.source).read()
+                              if os.path.isfile(cfg.source) else None})
+    sweep_id = cfg.name
+    studies = {s.key: s for s in cfg.studies}
+    counts = {"completed": 0, "stopped": 0, "error": 0}
+    common = dict(cfg=cfg, plan=plan, sweep_id=sweep_id, leaderboard=cfg.leaderboard, resume=resume, emit=emit,
+                  studies=studies)
+
+    fixed = [s for s in cfg.studies if s.trials == 1]
+    if fixed:
+        from ray import tune
+
+        c = _run_experiment("fixed", root, default_key=None, num_samples=1, searched=None,
+                            param_space={STUDY_KEY: tune.grid_search([s.key for s in fixed])}, role="trial",
+                            **common)
+        counts = {k: counts[k] + c[k] for k in counts}
+    for study in (s for s in cfg.studies if s.trials > 1):
+        c = _run_experiment(study.key, root, default_key=study.key, num_samples=study.trials,
+                            param_space={n: d.to_tune() for n, d in study.search.items()}, searched=study,
+                            role="trial", **common)
+        counts = {k: counts[k] + c[k] for k in counts}
+
+    if cfg.seeds > 0:
+        from ray import tune
+
+        seed_studies = {}
+        for study in cfg.studies:
+            best = _best_params(cfg.leaderboard, sweep_id, study)
+            if best is None:
+                emit(f"[seeds] {study.key}: no completed trial to re-train")
+                continue
+            seed_studies[f"{study.key}-best"] = replace(study, params=best["params"], search={}, trials=1)
+        if seed_studies:
+            # every search trial trains with cfg.seed; the re-runs take the next N seeds
+            space = {STUDY_KEY: tune.grid_search(sorted(seed_studies)),
+                     SEED_KEY: tune.grid_search([cfg.seed + k for k in range(1, cfg.seeds + 1)])}
+            c = _run_experiment("seeds", root, **{**common, "studies": seed_studies}, default_key=None,
+                                num_samples=1, searched=None, param_space=space, role="seed")
+            counts = {k: counts[k] + c[k] for k in counts}
+    total = sum(counts.values())
+    return SweepSummary(sweep_id, root, cfg.leaderboard, total, counts, time.perf_counter() - t0)

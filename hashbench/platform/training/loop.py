@@ -1,0 +1,369 @@
+"""The one training loop: :func:`fit` runs any registered method under any :class:`Session`.
+
+Per epoch: a seeded plan of index batches (each worker takes its column), on-device
+augmentation, forward under bf16 autocast on GPUs, the method's loss, one optimizer step;
+then (rank 0) the validation mAP@100 of val queries against the train database, broadcast to
+every rank; the scheduler step; early stopping; a checkpoint through ``session.report``.
+At the end: the best-validation weights, ``method.finalize``, encoding of the train (database)
+and test (query) splits, evaluation, and the run directory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from hashbench.platform.errors import HashbenchError
+from hashbench.platform.registry import ModelContext
+from hashbench.platform.training.batches import SplitData, class_balanced_plan, random_plan
+from hashbench.platform.training.config import TrainConfig
+from hashbench.platform.training.session import Session
+
+STATE_FILE = "state.pt"
+#: test hook: "EPOCH" raises at the start of that epoch; "EPOCH:kill" SIGKILLs the worker 5 s into it
+#: (Ray Train's controller registers a reported checkpoint when it next polls the workers, every 2 s;
+#: a worker killed before that poll loses its last report). Only on an attempt that did not resume from
+#: a checkpoint, so the retry resumes and finishes.
+FAIL_ENV = "HASHBENCH_FAIL_AT_EPOCH"
+KILL_DELAY_S = 5.0
+
+
+@dataclass
+class RunResult:
+    """What one finished run produced (also saved as the run directory's metrics.json)."""
+
+    run_id: str
+    run_dir: str
+    config: dict
+    metrics: dict
+    protocol: dict
+    timings: dict
+    throughput: dict
+    device: str
+    epochs_run: int
+    history: list = field(default_factory=list)
+    best_epoch: int = -1
+    resumed_from: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, run_dir: str) -> "RunResult":
+        """Read a finished run directory (its metrics.json)."""
+        path = os.path.join(run_dir, "metrics.json")
+        if not os.path.isfile(path):
+            raise HashbenchError(f"{run_dir}: not a finished run (no metrics.json)")
+        with open(path) as f:
+            d = json.load(f)
+        d["run_dir"] = os.path.abspath(run_dir)
+        return cls(**d)
+
+
+def _seed_for(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (run seed, epoch, rank, stream)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) + 0x632BE59BD9B4E019 + ((h << 6) & (2**64 - 1)) + (h >> 2))) & (2**64 - 1)
+    return h & (2**63 - 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _to_codes(z: torch.Tensor, code_type: str) -> torch.Tensor:
+    """Binary methods: sign with zeros to +1, as int8 {-1, +1}; float methods: float32 as they are."""
+    if code_type == "binary":
+        return torch.where(z >= 0, 1, -1).to(torch.int8)
+    return z.float()
+
+
+@torch.no_grad()
+def encode_split(model, split: SplitData, batch_size: int, code_type: str, autocast: bool) -> torch.Tensor:
+    """Codes of every item of ``split`` (model in eval mode), on the CPU."""
+    was = model.training
+    model.eval()
+    out = []
+    for b in split.iter_batches(batch_size):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            z = model.encode(b.images)
+        if not torch.isfinite(z).all():
+            raise HashbenchError("the model produced NaN or infinite codes while encoding")
+        out.append(_to_codes(z.float(), code_type).cpu())
+    model.train(was)
+    return torch.cat(out)
+
+
+def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device) -> dict:
+    from hashbench.platform.evaluation import evaluate
+
+    q_codes, db_codes = q_codes.numpy(), db_codes.numpy()
+    q_labels, db_labels = q_labels.numpy().astype(np.uint8), db_labels.numpy().astype(np.uint8)
+    return evaluate(q_codes, db_codes, q_labels, db_labels, distance=method.distance, ks=ks,
+                    device=str(device) if device.type == "cuda" else None)
+
+
+def _float_out(out: dict) -> dict:
+    return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in out.items()}
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: str, obj) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _check_fault_hook(epoch: int, resumed: bool) -> None:
+    spec = os.environ.get(FAIL_ENV, "")
+    if not spec or resumed:
+        return
+    at, _, how = spec.partition(":")
+    if int(at) != epoch:
+        return
+    if how == "kill":
+        import signal
+
+        time.sleep(KILL_DELAY_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"{FAIL_ENV}={spec}: injected failure at the start of epoch {epoch}")
+
+
+def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
+    """Train ``cfg`` under ``session``; return the :class:`RunResult` on rank 0 (None elsewhere).
+
+    Every rank runs this same code. Resumes from ``session.get_checkpoint_dir()`` when it gives one.
+    Raises HashbenchError when the loss becomes NaN or infinite (naming the epoch and step).
+    """
+    t_start = time.perf_counter()
+    from hashbench.platform.data import load_dataset
+
+    method = cfg.method_spec
+    hp = cfg.hp
+    rank, world, device = session.world_rank, session.world_size, torch.device(session.device)
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+    use_amp = device.type == "cuda"
+    ds = load_dataset(cfg.dataset_path or cfg.dataset)
+    if ds.fingerprint != cfg.dataset_fingerprint:
+        raise HashbenchError(f"dataset {cfg.dataset!r} changed since the run was configured "
+                             f"(fingerprint {ds.fingerprint[:12]} != {cfg.dataset_fingerprint[:12]})")
+    ctx = ModelContext(in_channels=ds.channels, image_size=ds.image_size, num_classes=ds.num_classes,
+                       bits=cfg.bits, multi_label=ds.multi_label)
+
+    torch.manual_seed(_seed_for(cfg.seed, 0xC0DE))
+    model = method.build_model(ctx, hp).to(device)
+    loss_fn = method.build_loss(ctx, hp).to(device)
+    optimizer = method.build_optimizer(model.parameters(), hp)
+    scheduler = method.build_scheduler(optimizer, hp) if method.build_scheduler else None
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    train = SplitData.from_store(ds, "train", device, masks=method.requires.masks)
+    val = SplitData.from_store(ds, "val", device) if rank == 0 else None
+
+    st = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "best_state": None,
+          "times": {"train_s": 0.0, "val_s": 0.0}, "images": 0, "stopped_early": False}
+    resumed_from = None
+    ckpt = session.get_checkpoint_dir()
+    if ckpt:
+        saved = torch.load(os.path.join(ckpt, STATE_FILE), map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        loss_fn.load_state_dict(saved["loss"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        st = saved["state"]
+        resumed_from = st["epoch"]
+
+    if rank == 0:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        _atomic_json(os.path.join(cfg.run_dir, "config.json"), cfg.to_dict())
+
+    net = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+
+    epochs = cfg.epochs
+    while st["epoch"] < epochs and not st["stopped_early"]:
+        epoch = st["epoch"]
+        _check_fault_hook(epoch, resumed_from is not None)
+        torch.manual_seed(_seed_for(cfg.seed, epoch, rank, 1))  # dropout & co.
+        plan_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, 2))  # same on every rank
+        aug_gen = torch.Generator(device=device).manual_seed(_seed_for(cfg.seed, epoch, rank, 3))
+        if method.sampler == "class-balanced":
+            plan = class_balanced_plan(train.targets, cfg.batch_size, world, hp["spc"], plan_gen)
+        else:
+            plan = random_plan(len(train), cfg.batch_size, world, plan_gen)
+        mine = plan[:, rank].to(device)
+
+        _sync(device)
+        t0 = time.perf_counter()
+        model.train()
+        sums: dict = {}
+        bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        for step in range(mine.shape[0]):
+            batch = train.batch(mine[step], cfg.augment, aug_gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                out = net(batch.images)
+            terms = loss_fn(_float_out(out), batch, model)
+            loss = terms["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            finite = torch.isfinite(loss.detach())
+            bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
+            for k, v in terms.items():
+                v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v), device=device)
+                sums[k] = sums[k] + v if k in sums else v
+        names = sorted(sums)
+        packed = torch.stack([sums[k] for k in names]) / mine.shape[0]
+        flag = torch.where(bad_step < 0, torch.full_like(bad_step, 2**62), bad_step)
+        if distributed:
+            dist.all_reduce(packed)
+            packed /= world
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        _sync(device)
+        train_s = time.perf_counter() - t0
+        if int(flag) < 2**62:
+            raise HashbenchError(
+                f"the loss became NaN or infinite at epoch {epoch}, step {int(flag)} (method {method.id!r}, "
+                f"lr and loss weights {hp}); lower the learning rate or check the data")
+        loss_terms = dict(zip(names, packed.tolist()))
+        st["times"]["train_s"] += train_s
+        st["images"] += mine.numel() * world
+
+        t1 = time.perf_counter()
+        val_map = torch.zeros((), dtype=torch.float64, device=device)
+        if rank == 0:
+            q = encode_split(model, val, cfg.eval_batch_size, method.code_type, use_amp)
+            db = encode_split(model, train, cfg.eval_batch_size, method.code_type, use_amp)
+            res = _evaluate(q, db, val.labels.cpu(), train.labels.cpu(), method, (100,), device)
+            val_map.fill_(float(res["mAP@100"]))
+        if distributed:
+            dist.broadcast(val_map, src=0)
+        vmap = float(val_map)
+        st["times"]["val_s"] += time.perf_counter() - t1
+
+        if scheduler is not None:
+            scheduler.step(vmap) if plateau else scheduler.step()
+        if vmap > st["best"]:
+            st["best"], st["best_epoch"], st["bad_epochs"] = vmap, epoch, 0
+            st["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            st["bad_epochs"] += 1
+            if cfg.patience is not None and st["bad_epochs"] >= cfg.patience:
+                st["stopped_early"] = True
+        lr = float(optimizer.param_groups[0]["lr"])
+        row = {"epoch": epoch, "val_mAP@100": vmap, **loss_terms, "lr": lr,
+               "train_s": train_s, "train_images_per_s": mine.numel() * world / max(train_s, 1e-9)}
+        st["history"].append(row)
+        st["epoch"] = epoch + 1
+        _report(session, rank, row, model, loss_fn, optimizer, scheduler, st, files=None)
+
+    # --- final phase: best weights, finalize, encode, evaluate, save ---------------------------------
+    if st["best_state"] is not None:
+        model.load_state_dict(st["best_state"])
+    result = None
+    final = {"epoch": st["epoch"] - 1, "done": True}
+    files = None
+    if rank == 0:
+        if method.finalize is not None:
+            model.eval()
+            method.finalize(model, train.iter_batches(cfg.batch_size), hp)
+        _sync(device)
+        t2 = time.perf_counter()
+        test = SplitData.from_store(ds, "test", device)
+        db_codes = encode_split(model, train, cfg.eval_batch_size, method.code_type, use_amp)
+        q_codes = encode_split(model, test, cfg.eval_batch_size, method.code_type, use_amp)
+        encode_s = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        res = _evaluate(q_codes, db_codes, test.labels.cpu(), train.labels.cpu(), method, cfg.eval_ks, device)
+        eval_s = time.perf_counter() - t3
+        protocol = dict(res.get("protocol", {}))
+        metrics = {"val_mAP@100": st["best"]}
+        metrics.update({f"test_{k}": float(v) for k, v in res.items()
+                        if k != "protocol" and isinstance(v, (int, float, np.floating, np.integer))})
+        timings = {"train_s": st["times"]["train_s"], "val_s": st["times"]["val_s"], "encode_s": encode_s,
+                   "eval_s": eval_s, "total_s": 0.0}
+        n_enc = len(train) + len(test)
+        throughput = {"train_images_per_s": st["images"] / max(st["times"]["train_s"], 1e-9),
+                      "encode_images_per_s": n_enc / max(encode_s, 1e-9),
+                      "queries_per_s": len(test) / max(eval_s, 1e-9)}
+        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        result = RunResult(
+            run_id=cfg.run_id, run_dir=cfg.run_dir, config=cfg.to_dict(), metrics=metrics, protocol=protocol,
+            timings=timings, throughput=throughput, device=f"{world}x {dev_name}", epochs_run=st["epoch"],
+            history=st["history"], best_epoch=st["best_epoch"], resumed_from=resumed_from)
+        codes = {"query_codes": q_codes.numpy(), "db_codes": db_codes.numpy(),
+                 "query_labels": test.labels.cpu().numpy().astype(np.uint8),
+                 "db_labels": train.labels.cpu().numpy().astype(np.uint8),
+                 "query_index": test.index.cpu().numpy(), "db_index": train.index.cpu().numpy(),
+                 "bits": np.int64(cfg.bits), "code_type": np.str_(method.code_type),
+                 "distance": np.str_(method.distance)}
+        timings["total_s"] = time.perf_counter() - t_start
+        files = {"codes.npz": _npz_bytes(**codes),
+                 "model.pt": _torch_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+                 "config.json": (json.dumps(cfg.to_dict(), indent=2) + "\n").encode()}
+        for name, data in files.items():
+            _atomic_write_bytes(os.path.join(cfg.run_dir, name), data)
+        _atomic_json(os.path.join(cfg.run_dir, "metrics.json"), _result_json(result))  # last: marks done
+        files["metrics.json"] = (json.dumps(_result_json(result), indent=2, default=str) + "\n").encode()
+        final.update(metrics)
+        final["best_epoch"] = st["best_epoch"]
+    _report(session, rank, final, model, loss_fn, optimizer, scheduler, st, files=files)
+    return result
+
+
+def _result_json(result: RunResult) -> dict:
+    d = result.to_dict()
+    d.pop("run_dir")
+    return d
+
+
+def _report(session, rank, metrics, model, loss_fn, optimizer, scheduler, st, files) -> None:
+    """Rank 0 writes a checkpoint directory and reports it; the others report metrics only."""
+    if rank != 0:
+        session.report(metrics, None)
+        return
+    tmp = tempfile.mkdtemp(prefix="hashbench-ckpt-")
+    try:
+        state = {"model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None, "state": st}
+        torch.save(state, os.path.join(tmp, STATE_FILE))
+        for name, data in (files or {}).items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        session.report(metrics, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+__all__ = ["RunResult", "fit", "encode_split", "FAIL_ENV"]

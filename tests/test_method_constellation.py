@@ -1,0 +1,244 @@
+"""Constellation family: every loss vs a direct loop over its formula, hand values, PML where used."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hashbench.methods._embedding_net import EmbeddingNet, ResNet, load_weights
+from hashbench.methods.constellation import (ContrastiveLoss, NPairLoss, TripletLoss, constellation_loss,
+                                             contrastive_loss, npair_loss, npair_tuples, sample_constellations)
+from hashbench.platform.errors import HashbenchError
+from hashbench.platform.registry import Batch, ModelContext, get_method
+
+
+def _batch(targets):
+    t = torch.as_tensor(targets)
+    return Batch(images=None, labels=F.one_hot(t).float(), targets=t)
+
+
+def _emb(n, d=6, seed=0, normalize=True):
+    f = torch.rand(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return F.normalize(f, dim=1) if normalize else f
+
+
+# ---------------------------------------------------------------- constellation
+
+def test_constellation_hand_value():
+    f = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    # anchor 0, positive 1 (f_aᵀf_p = 1), negatives 2 (0) and 3 (1): log(1 + e^{-1} + e^{0})
+    loss = constellation_loss(f, torch.tensor([0]), torch.tensor([1]), torch.tensor([[2, 3]]))
+    assert loss.item() == pytest.approx(math.log(2 + math.exp(-1)))
+
+
+def test_constellation_matches_a_loop_over_eq4():
+    f = _emb(12, seed=1)
+    targets = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    a, p, n = sample_constellations(targets, 3, torch.Generator().manual_seed(0))
+    ref = 0.0
+    for i in range(len(a)):
+        s = sum(math.exp(float(f[a[i]] @ f[n[i, j]] - f[a[i]] @ f[p[i]])) for j in range(3))
+        ref += math.log(1 + s)
+    assert constellation_loss(f, a, p, n).item() == pytest.approx(ref / len(a))
+
+
+def test_constellation_sampling_uses_k_distinct_other_classes():
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0])
+    for seed in range(5):
+        a, p, n = sample_constellations(targets, 3, torch.Generator().manual_seed(seed))
+        # every ordered anchor-positive pair once: class 0 has 3 samples (6 pairs), the others 2 each
+        assert len(a) == 6 + 4 * 2
+        assert set(zip(a.tolist(), p.tolist())) == {(i, j) for i in range(11) for j in range(11)
+                                                     if i != j and targets[i] == targets[j]}
+        assert bool((targets[a] == targets[p]).all())
+        for i in range(len(a)):
+            neg_classes = targets[n[i]].tolist()
+            assert len(set(neg_classes)) == 3 and int(targets[a[i]]) not in neg_classes
+
+
+def test_constellation_sampling_cycles_when_fewer_classes_than_k():
+    targets = torch.tensor([0, 0, 0, 1, 1, 1])
+    a, p, n = sample_constellations(targets, 4, torch.Generator().manual_seed(0))
+    assert n.shape == (12, 4)
+    assert bool((targets[n] != targets[a][:, None]).all())
+    one = sample_constellations(torch.tensor([2, 2, 2]), 3)
+    assert one[0].numel() == 0 and one[2].shape == (0, 3)
+
+
+def test_constellation_loss_module_on_one_class_is_zero_with_grad():
+    f = _emb(4).requires_grad_()
+    res = get_method("constellation").build_loss(None, {"K": 3})({"embedding": f}, _batch([1, 1, 1, 1]))
+    res["loss"].backward()
+    assert res["loss"].item() == 0.0 and f.grad is not None
+
+
+# ---------------------------------------------------------------- triplet (PML)
+
+def _triplet_reference(f, targets, margin):
+    terms = []
+    for a in range(len(f)):
+        for p in range(len(f)):
+            if p == a or targets[p] != targets[a]:
+                continue
+            for n in range(len(f)):
+                if targets[n] == targets[a]:
+                    continue
+                t = float(((f[a] - f[p]) ** 2).sum() - ((f[a] - f[n]) ** 2).sum()) + margin
+                terms.append(max(0.0, t))
+    positive = [t for t in terms if t > 0]
+    return sum(positive) / len(positive) if positive else 0.0
+
+
+def test_triplet_hand_value():
+    f = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.5]])
+    # a=0,p=1: 1 − 0.25 + 0.2 = 0.95; a=1,p=0: 1 − 1.25 + 0.2 = −0.05 → only 0.95 is active
+    loss = TripletLoss(0.2)({"embedding": f}, _batch([0, 0, 1]))["loss"]
+    assert loss.item() == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize("margin", [0.2, 1.0])
+def test_triplet_pml_matches_eq2_with_positive_loss_mining(margin):
+    f = _emb(10, seed=2)
+    targets = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
+    loss = TripletLoss(margin)({"embedding": f}, _batch(targets))["loss"]
+    assert loss.item() == pytest.approx(_triplet_reference(f, targets, margin), rel=1e-6)
+
+
+# ---------------------------------------------------------------- N-pair
+
+def _npair_reference(f, targets):
+    """Eq. 3 per tuple by loops: pair r of class c = (r-th even, next odd) sample of c in batch order."""
+    members = {}
+    for i, t in enumerate(targets.tolist()):
+        members.setdefault(t, []).append(i)
+    tuples = {}
+    for c, idx in members.items():
+        for r in range(len(idx) // 2):
+            tuples.setdefault(r, []).append((idx[2 * r], idx[2 * r + 1]))
+    terms = []
+    for pairs in tuples.values():
+        if len(pairs) < 2:
+            continue
+        for i, (a, p) in enumerate(pairs):
+            s = sum(math.exp(float(f[a] @ f[pj] - f[a] @ f[p])) for j, (_, pj) in enumerate(pairs) if j != i)
+            terms.append(math.log(1 + s))
+    return sum(terms) / len(terms)
+
+
+def test_npair_hand_value():
+    f = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    # pairs (0,1) and (2,3): a0·p1=1, a0·p3=0 → log(1+e^{-1}); a2·p3=2, a2·p1=0 → log(1+e^{-2})
+    a, p, t = npair_tuples(torch.tensor([0, 0, 1, 1]))
+    expect = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-2))) / 2
+    assert npair_loss(f, a, p, t).item() == pytest.approx(expect)
+    reg = 0.25 * 0.1 * ((1 + 1) / 2 + (1 + 4) / 2)  # 0.25·λ·(mean‖f_a‖² + mean‖f_p‖²)
+    assert npair_loss(f, a, p, t, 0.1).item() == pytest.approx(expect + reg)
+
+
+def test_npair_matches_a_loop_over_eq3_with_several_tuples():
+    targets = torch.tensor([2, 0, 1, 0, 2, 1, 0, 0, 1, 2, 0, 1, 3])
+    f = _emb(13, seed=3, normalize=False)
+    a, p, t = npair_tuples(targets)
+    assert npair_loss(f, a, p, t).item() == pytest.approx(_npair_reference(f, targets))
+
+
+def test_npair_matches_pytorch_metric_learning_on_one_tuple():
+    from pytorch_metric_learning.distances import DotProductSimilarity
+    from pytorch_metric_learning.losses import NPairsLoss
+
+    targets = torch.tensor([3, 1, 0, 1, 2, 0, 3, 2])  # two samples per class: one N-pair tuple
+    f = _emb(8, seed=4, normalize=False)
+    ours = NPairLoss(0.0)({"embedding": f}, _batch(targets))["loss"]
+    # PML normalises embeddings by default; eq. 3 (and the paper's N-pair network) does not
+    pml = NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False))
+    assert ours.item() == pytest.approx(pml(f, targets).item())
+
+
+# ---------------------------------------------------------------- contrastive
+
+def test_contrastive_hand_value():
+    f = torch.tensor([[0.0, 0.0], [0.6, 0.0], [0.0, 0.8]])
+    # pairs: (0,1) same, d=0.6 → 0.36; (0,2) diff, d=0.8 → (1−0.8)² = 0.04; (1,2) diff, d=1 → 0
+    assert contrastive_loss(f, torch.tensor([0, 0, 1]), 1.0).item() == pytest.approx((0.36 + 0.04) / 6)
+
+
+def test_contrastive_matches_a_loop_over_eq1():
+    f = _emb(9, seed=5)
+    targets = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 3])
+    ref, n = 0.0, 0
+    for i in range(9):
+        for j in range(i + 1, 9):
+            d = math.sqrt(float(((f[i] - f[j]) ** 2).sum()))
+            y = float(targets[i] != targets[j])
+            ref += (1 - y) * d ** 2 + y * max(0.0, 0.7 - d) ** 2
+            n += 1
+    loss = ContrastiveLoss(0.7)({"embedding": f}, _batch(targets))["loss"]
+    assert loss.item() == pytest.approx(ref / (2 * n))
+
+
+def test_contrastive_gradient_is_finite_for_coincident_negatives():
+    f = torch.tensor([[0.5, 0.5], [0.5, 0.5]], requires_grad=True)
+    contrastive_loss(f, torch.tensor([0, 1]), 1.0).backward()
+    assert torch.isfinite(f.grad).all()
+
+
+# ---------------------------------------------------------------- network and registration
+
+def test_embedding_is_sigmoid_then_l2_normalised_except_npair():
+    ctx = ModelContext(in_channels=1, image_size=28, num_classes=3, bits=16)
+    x = torch.rand(4, 1, 28, 28)
+    net = EmbeddingNet(ctx, "resnet18", 8, normalize=True).eval()
+    e = net.encode(x)
+    assert e.shape == (4, 16) and (e > 0).all()
+    assert torch.allclose(e.norm(dim=1), torch.ones(4), atol=1e-5)
+    raw = torch.sigmoid(net.embedding(net.backbone(x)))
+    assert torch.allclose(e, raw / raw.norm(dim=1, keepdim=True), atol=1e-6)
+    npair = get_method("npair").build_model(ctx, get_method("npair").resolve({"arch": "resnet18", "width": 8}))
+    assert torch.allclose(npair.eval().encode(x), torch.sigmoid(npair.embedding(npair.backbone(x))))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_local_weights_load_with_torchvision_names_and_grey_conv1(tmp_path, arch):
+    src = ResNet(arch, 3, 8)
+    state = {f"module.{k}": v for k, v in src.state_dict().items()}
+    state["module.fc.weight"] = torch.zeros(1000, src.out_dim)  # classifier head: ignored
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": state}, path)
+    assert "layer1.0.conv1.weight" in src.state_dict() and "layer2.0.downsample.0.weight" in src.state_dict()
+    rgb = ResNet(arch, 3, 8)
+    load_weights(rgb, str(path))
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(rgb.eval()(x), src.eval()(x))
+    grey = ResNet(arch, 1, 8)
+    load_weights(grey, str(path))
+    assert torch.allclose(grey.conv1.weight, src.conv1.weight.sum(dim=1, keepdim=True))
+
+
+def test_bad_weights_files_are_user_errors(tmp_path):
+    with pytest.raises(HashbenchError, match="does not exist"):
+        load_weights(ResNet("resnet18", 3, 8), str(tmp_path / "missing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(HashbenchError, match="cannot read"):
+        load_weights(ResNet("resnet18", 3, 8), str(tmp_path / "junk.pt"))
+    torch.save(ResNet("resnet18", 3, 8).state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(HashbenchError, match="does not fit"):
+        load_weights(ResNet("resnet50", 3, 8), str(tmp_path / "r18.pt"))
+
+
+def test_registered_family():
+    for mid, space in [("constellation", {"K", "spc"}), ("triplet", {"margin", "spc"}),
+                       ("npair", {"spc"}), ("contrastive", {"margin", "spc"})]:
+        m = get_method(mid)
+        assert set(m.search_space()) == space
+        assert m.sampler == "class-balanced" and m.code_type == "float" and m.distance == "l2"
+        hp = m.defaults()
+        assert hp["lr"] == 1e-4 and hp["arch"] == "resnet50"
+        with pytest.raises(HashbenchError, match="spc"):
+            m.resolve({"spc": 1})
+    assert get_method("constellation").defaults()["K"] == 3
+    assert get_method("contrastive").defaults()["margin"] == 1.0
+    with pytest.raises(HashbenchError, match="weights"):
+        get_method("triplet").resolve({"weights": 3})
