@@ -65,6 +65,24 @@ def timed(fn, device: str, repeat: int = 1):
     return best, out
 
 
+def protocol_table() -> None:
+    """mAP@10/100/1000 of one fixed seeded 16-bit case under every convention and tie policy."""
+    rng = np.random.default_rng(16)
+    centres = rng.integers(0, 2, (10, 16)).astype(bool)
+    q, ql = make_codes(1000, 16, 10, rng, centres)
+    db, dl = make_codes(20000, 16, 10, rng, centres)
+    print("16-bit codes, 10 classes, 30% bit flips, seed 16: 1000 queries x 20000 database items")
+    print("| convention | ties | no-hit | mAP@10 | mAP@100 | mAP@1000 |")
+    print("|---|---|---|---|---|---|")
+    for conv in ("hits", "min-k-r", "r"):
+        for ties in ("index", "tie-aware"):
+            for excl in (False, True):
+                res = evaluate(q, db, ql, dl, ks=(10, 100, 1000), convention=conv, ties=ties,
+                               exclude_no_hit=excl, map_at_r=False, hamming_radius=None)
+                print(f"| {conv} | {ties} | {res['protocol']['no_hit']} | {res['mAP@10']:.4f} | "
+                      f"{res['mAP@100']:.4f} | {res['mAP@1000']:.4f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -73,7 +91,12 @@ def main() -> None:
                     help="queries the reference is timed on when it would take too long (extrapolated)")
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--bits", type=int, default=64)
+    ap.add_argument("--protocols", action="store_true",
+                    help="print mAP@10/100/1000 of a fixed 16-bit case under every protocol, then exit")
     args = ap.parse_args()
+    if args.protocols:
+        protocol_table()
+        return
     bits, classes = args.bits, 10
     rng = np.random.default_rng(0)
     centres = rng.integers(0, 2, (classes, bits)).astype(bool)

@@ -171,15 +171,15 @@ def test_across_code_lengths_lines_heatmap_and_equal_storage(app, fx):
             [e for e in errs if not math.isnan(e)])
     assert sum(t["showlegend"] for t in lines["data"]) == len(F.METHODS)  # one legend entry per method
 
-    # heat map at the first code length offered (8: only the float method has it)
+    # heat map: by default at the code length every method has (16), then at 8 (only the float method)
     hm = heat["data"][0]
-    assert hm["y"] == ["constellation"] and hm["x"] == datasets
-    assert hm["z"] == [[pytest.approx(want[("constellation", d, 8)][0]) for d in datasets]]
-    at.selectbox(key="len_bits").set_value(16).run()
-    hm = spec(at, 1)["data"][0]
-    assert hm["y"] == sorted(F.METHODS)
+    assert hm["y"] == sorted(F.METHODS) and hm["x"] == datasets
     assert hm["z"] == [[pytest.approx(want[(m, d, 16)][0]) for d in datasets] for m in sorted(F.METHODS)]
     assert hm["text"][1][1] == f"{want[('dch', 'derm', 16)][0]:.3f} ± {want[('dch', 'derm', 16)][1]:.3f}"
+    at.selectbox(key="len_bits").set_value(8).run()
+    hm = spec(at, 1)["data"][0]
+    assert hm["y"] == ["constellation"]
+    assert hm["z"] == [[pytest.approx(want[("constellation", d, 8)][0]) for d in datasets]]
 
     for trace in storage["data"]:
         code_type = F.METHODS[trace["name"]]

@@ -74,6 +74,14 @@ def test_corrupt_image(tmp_path, data_home, capsys):
     (src / "b" / "b1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     run_bad(capsys, data_home, ["--format", "folder", "--source", str(src)],
             f"{src / 'b' / 'b1.png'}: unreadable or corrupt image")
+    pts = points_source(tmp_path / "pts")
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 40, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(pts / "Dataset" / "1.jpg", quality=95)
+    (pts / "Dataset" / "1.png").unlink()
+    data = (pts / "Dataset" / "1.jpg").read_bytes()
+    (pts / "Dataset" / "1.jpg").write_bytes(data[: len(data) // 2])  # truncated JPEG
+    run_bad(capsys, data_home, ["--format", "points", "--source", str(pts), "--patch", "4"],
+            f"{pts / 'Dataset' / '1.jpg'}: unreadable or corrupt image (image file is truncated")
 
 
 def test_mask_size_differs(tmp_path, data_home, capsys):

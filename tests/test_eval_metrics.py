@@ -328,3 +328,47 @@ def test_protocol_record():
         ("min-k-r", "index", "count-as-zero", "hamming", "torch")
     assert p["ks"] == ["2", "all"] and p["k_effective"]["all"] == 7
     assert p["queries_without_relevant"] >= 1
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tie_aware_truncated_gpu_path_against_permutations(convention, seed, monkeypatch):
+    """The top-k + boundary-count path (used by the torch engine when only cut-offs < N are asked)."""
+    from hashbench.platform.evaluation.engines import TorchEngine
+
+    def no_full_histograms(*_):
+        raise AssertionError("full histograms should not be needed")
+
+    monkeypatch.setattr(TorchEngine, "histograms", no_full_histograms)
+    qc, dc, ql, dl = tiny_case(seed, n_q=5, multi=seed == 1)
+    ks = [1, 2, 3, 5, 6]
+    ref = bf_evaluate(qc, dc, ql, dl, ks, convention, tie_aware=True)
+    res = evaluate(qc, dc, ql, dl, ks=ks, convention=convention, ties="tie-aware", engine="torch",
+                   map_at_r=False, hamming_radius=None)
+    assert_close(res, ref, [f"mAP@{k}" for k in ks] + [f"P@{k}" for k in ks])
+
+
+def test_dense_and_sparse_ranked_sums_agree():
+    from hashbench.platform.evaluation.metrics import ranked_sums, ranked_sums_np
+
+    gen = torch.Generator().manual_seed(0)
+    rel = torch.rand(7, 40, generator=gen) < 0.3
+    rel[2] = False
+    cut = torch.randint(0, 41, (7, 3), generator=gen)
+    for a, b in zip(ranked_sums(rel, cut), ranked_sums_np(rel.numpy(), cut.numpy())):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_half_precision_hamming_product_is_exact():
+    """The CUDA path multiplies +-1 codes in float16; exact for up to 2048 bits."""
+    from hashbench.platform.evaluation.engines import TorchEngine
+    from hashbench.platform.evaluation.inputs import prepare
+
+    rng = np.random.default_rng(9)
+    qc, dc = rng.integers(0, 2, (6, 2048)), rng.integers(0, 2, (30, 2048))
+    prep = prepare(qc, dc, np.zeros(6), np.zeros(30), distance="hamming", bits=None, device=torch.device("cpu"))
+    eng = TorchEngine(prep)
+    exact = eng.distances(prep.query)
+    eng.dtype, eng.db = torch.float16, eng.db.half()
+    assert torch.equal(eng.distances(prep.query), exact)
+    assert torch.equal(exact.long(), torch.from_numpy((qc[:, None] != dc[None]).sum(2)))

@@ -205,12 +205,14 @@ class YNet(nn.Module):
         out = {"core": core}
         act = F.relu(core)
         if self.rmac_conv is not None:
-            desc = rmac_pool(self.rmac_conv(act), self.rmac_levels)
-            out["descriptor"] = desc
-            if self.head == "class":   # cosine similarity to each class's weight vector
-                out["logits"] = desc @ F.normalize(self.classifier, dim=1).T
-            elif self.head == "ce":
-                out["logits"] = self.classifier(desc)
+            feat = self.rmac_conv(act)
+            with torch.autocast(x.device.type, enabled=False):   # cheap: pooling and classifier in fp32
+                desc = rmac_pool(feat.float(), self.rmac_levels)
+                out["descriptor"] = desc
+                if self.head == "class":   # cosine similarity to each class's weight vector
+                    out["logits"] = desc @ F.normalize(self.classifier, dim=1).T
+                elif self.head == "ce":
+                    out["logits"] = self.classifier(desc)
         if self.fpn is not None:
             out["seg_logits"] = self.fpn(act, b1, b2, b3, x.shape[-2:])
         return out

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hashbench.methods._embedding_net import EmbeddingNet, backbone_params, build_adam
+from hashbench.platform.errors import HashbenchError
 from hashbench.platform.registry import Method, Param, Requirements, register
 
 CITATION = ("Medela A, Picon A. Constellation loss: Improving the efficiency of deep metric learning loss "
@@ -100,8 +101,12 @@ class TripletLoss(nn.Module):
 
     def __init__(self, margin: float):
         super().__init__()
-        from pytorch_metric_learning.distances import LpDistance
-        from pytorch_metric_learning.losses import TripletMarginLoss
+        try:
+            from pytorch_metric_learning.distances import LpDistance
+            from pytorch_metric_learning.losses import TripletMarginLoss
+        except ImportError:
+            raise HashbenchError("method 'triplet' needs the package pytorch-metric-learning; "
+                                 "install it with `pip install pytorch-metric-learning`") from None
 
         self.pml = TripletMarginLoss(margin=margin,
                                      distance=LpDistance(p=2, power=2, normalize_embeddings=False))

@@ -48,9 +48,10 @@ class DCHNet(nn.Module):
 
     Pre-training (``pretrain_epochs`` > 0, Sec. IV): for the first epochs the loss trains a
     "pure classification model", the FC 2048 layer feeding a classifier directly
-    (``pre_logits``); afterwards it trains the LBE path. The epoch is counted in the
-    persistent buffer ``epochs_done``, incremented each time the model goes back from
-    ``eval()`` (per-epoch validation) to ``train()``; it is saved in checkpoints.
+    (``pre_logits``); afterwards it trains the LBE path. Epochs are counted in the
+    persistent buffer ``epochs_done`` (saved in checkpoints): it grows by one each time
+    the model is switched to ``eval()`` (per-epoch validation) after at least one
+    forward pass in training mode, so the platform needs no hook.
     """
 
     def __init__(self, ctx: ModelContext, grid: int = 29, lbe_bn: bool = True, pretrain_epochs: int = 0):
@@ -69,6 +70,7 @@ class DCHNet(nn.Module):
         self.pre_classifier = nn.Linear(2048, ctx.num_classes) if pretrain_epochs > 0 else None
         self.pretrain_epochs = pretrain_epochs
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
+        self._trained = False                  # a training-mode forward since the last count
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(m.weight)
@@ -76,16 +78,18 @@ class DCHNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def train(self, mode: bool = True):
-        if mode and not self.training:
+        if not mode and self._trained:         # end of a training epoch
             self.epochs_done += 1
+            self._trained = False
         return super().train(mode)
 
     @property
     def pretraining(self) -> bool:
         """True while the pure classification model is being pre-trained."""
-        return int(self.epochs_done) < self.pretrain_epochs
+        return self.pretrain_epochs > 0 and int(self.epochs_done) < self.pretrain_epochs  # no GPU sync when off
 
     def forward(self, x) -> dict:
+        self._trained = self._trained or self.training
         z = self.fc(self.pool(self.features(x)))
         code = torch.tanh(self.lbe_bn(self.lbe(z)))                      # b̂ = tanh(a^{L-1}), eq. (7)
         out = {"code": code, "logits": self.classifier(code)}            # a^L (on b̂: the relaxation)

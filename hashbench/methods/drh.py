@@ -25,8 +25,7 @@ from torch import nn
 from hashbench.methods._resnet import DEPTHS, STEMS, SmallResNet
 from hashbench.platform.registry import Method, ModelContext, Param, Requirements, register
 
-CITATION = ("Conjeti S, Guha Roy A, Katouzian A, Navab N. Deep Residual Hashing. arXiv:1612.05400, 2016. "
-            "(Also: Hashing with residual networks for image retrieval, MICCAI 2017.)")
+CITATION = "Conjeti S, Guha Roy A, Katouzian A, Navab N. Deep Residual Hashing. arXiv:1612.05400, 2016."
 PAPER = "../shared/papers/002_5b43c5926db2a9a1.txt"
 _LOG2 = math.log(2.0)
 

@@ -74,4 +74,4 @@ register(Method(
     finalize=finalize,
     params=ts.stage_one_params() + (
         Param("iterations", 50, type="int", bounds=(1, None), help="ITQ alternations (Gong & Lazebnik: 50)"),),
-    code_type="binary", distance="hamming", batch_size=32, epochs=30, requires=Requirements(min_image_size=16)))
+    code_type="binary", distance="hamming", batch_size=32, epochs=30, requires=Requirements(min_image_size=8)))

@@ -31,4 +31,4 @@ register(Method(
     citation=CITATION, paper="../shared/papers/001_ccae20c2c51c6ac7.txt",
     build_model=ts.build_model, build_loss=ts.build_loss, build_optimizer=ts.build_optimizer,
     finalize=finalize, params=ts.stage_one_params(), code_type="binary", distance="hamming",
-    batch_size=32, epochs=30, requires=Requirements(min_image_size=16)))
+    batch_size=32, epochs=30, requires=Requirements(min_image_size=8)))

@@ -75,11 +75,11 @@ class YNetLoss(nn.Module):
             terms[name] = self._cls_loss(out, batch)
         if self.seg:
             terms["seg"] = seg_loss(out["seg_logits"], batch.masks, self.method_id)
-        omega = model.omega() if getattr(model, "omega_logit", None) is not None else None
         if self.cls is not None and self.seg:
-            w = omega if omega is not None else self.omega
+            learned = model.omega()
+            w = self.omega if learned is None else learned
             total = w * terms[name] + (1 - w) * terms["seg"]
-            terms["omega"] = torch.as_tensor(w).detach().float()
+            terms["omega"] = torch.as_tensor(w, dtype=torch.float32, device=total.device).detach()
         else:
             total = next(iter(terms.values()))
         return {"loss": total, **terms}

@@ -60,7 +60,8 @@ def render(data: results.Loaded) -> None:
     shown = shown.sort(["dataset", "bits", sort_by], descending=[False, False, True], nulls_last=True)
     config = {m: st.column_config.NumberColumn(m, format="%.4f", help="mean over seeds; protocol in "
                                                "the `protocol` column") for m in metrics}
-    st.dataframe(shown, hide_index=True, column_config=config, key="lb_table")
+    st.dataframe(shown, hide_index=True, column_config=config, key="lb_table", placeholder="–",
+                 height=min(36 + 35 * shown.height, 740))
     st.caption(f"{shown.height} row(s).")
     st.download_button("Download CSV", shown.write_csv(), file_name="hashbench-leaderboard.csv",
                        mime="text/csv", key="lb_csv")

@@ -77,7 +77,10 @@ def render(data: results.Loaded) -> None:
     st.plotly_chart(panels(best, k, "bits", "code length (bits)"), key="len_lines")
 
     st.subheader("Method × dataset")
-    bits = st.selectbox("Code length", options(best, "bits"), key="len_bits")
+    lengths = options(best, "bits")
+    cells = [best.filter(pl.col("bits") == b).height for b in lengths]
+    bits = st.selectbox("Code length", lengths, index=cells.index(max(cells)), key="len_bits",
+                        help="defaults to the code length with the most (method, dataset) results")
     st.plotly_chart(heatmap(best, k, bits), key="len_heat")
 
     st.subheader("Equal storage")

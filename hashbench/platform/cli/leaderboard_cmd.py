@@ -34,7 +34,7 @@ def render(df, fmt: str) -> str:
     if fmt == "json":
         return df.write_json()
     if fmt == "csv":
-        return df.write_csv()
+        return df.write_csv().rstrip("\n")
     cols = df.columns
     rows = [[_fmt(v) for v in r] for r in df.iter_rows()]
     if fmt == "markdown":

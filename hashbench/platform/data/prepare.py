@@ -132,5 +132,6 @@ def _split_protocol(split) -> str:
     if split is None or (split < 0).all():
         return "stratified (seeded, group-aware) split with the given ratios"
     if (split < 0).any() or len(set(split.tolist())) < 3:
-        return "the source's split; val carved (stratified, seeded, group-aware) from its train part"
+        return ("the source's split; the missing split carved (stratified, seeded, group-aware) "
+                "from its train part")
     return "the source's own split"

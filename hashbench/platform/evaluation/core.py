@@ -48,22 +48,6 @@ def relevant_counts(prep: Prepared, chunk: int) -> torch.Tensor:
     return torch.cat([relevance(ql[i:i + chunk], dl).sum(1) for i in range(0, ql.shape[0], chunk)]).to(F64)
 
 
-def _bincount(key: torch.Tensor, minlength: int) -> torch.Tensor:
-    if key.is_cuda:
-        return torch.bincount(key.reshape(-1), minlength=minlength)
-    return torch.from_numpy(np.bincount(key.reshape(-1).numpy(), minlength=minlength))
-
-
-def hamming_histograms(d: torch.Tensor, rel: torch.Tensor, bits: int):
-    """Per-query counts of all / relevant items at each Hamming distance 0..bits: (q, bits+1) float64."""
-    q = d.shape[0]
-    width = bits + 1
-    key = d.to(torch.int64 if q * width * 2 >= 2 ** 31 else torch.int32)
-    key = (key + torch.arange(q, device=d.device, dtype=key.dtype)[:, None] * width) * 2 + rel
-    c = _bincount(key, q * width * 2).view(q, width, 2).to(d.device, F64)
-    return c.sum(2), c[:, :, 1]
-
-
 def float_groups(dist_sorted: torch.Tensor, rel_sorted: torch.Tensor):
     """Tie groups of a full sorted float ranking, packed to the left: (q, N) counts float64."""
     q, n = dist_sorted.shape
@@ -101,12 +85,34 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
     (``map_at_r``), ``P@H<=<r>`` and ``H<=<r>-empty-queries`` for binary codes (``hamming_radius``),
     ``pr_curve`` (asked for), ``kNN-balanced-accuracy`` (``knn_k``), and ``protocol``. See
     docs/metrics.md for the exact definition of each convention and tie policy.
+
+    On CPU the torch arithmetic runs single-threaded (restored afterwards): it is memory-bound
+    bookkeeping, and multi-threaded small ops stall on a busy machine (measured 100x slower);
+    the heavy parts run in faiss / numpy kernels.
     """
+    dev = resolve_device(device, query_codes, db_codes)
+    if dev.type != "cpu":
+        return _evaluate(query_codes, db_codes, query_labels, db_labels, dev, **_locals_kwargs(locals()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _evaluate(query_codes, db_codes, query_labels, db_labels, dev, **_locals_kwargs(locals()))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _locals_kwargs(scope: dict) -> dict:
+    names = ("distance", "ks", "convention", "ties", "exclude_no_hit", "engine", "bits", "hamming_radius",
+             "pr_curve", "map_at_r", "knn_k", "chunk_size")
+    return {name: scope[name] for name in names}
+
+
+def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, ks, convention, ties,
+              exclude_no_hit, engine, bits, hamming_radius, pr_curve, map_at_r, knn_k, chunk_size) -> dict:
     if convention not in CONVENTIONS:
         raise HashbenchError(f"convention: {convention!r} is not one of {', '.join(CONVENTIONS)}")
     if ties not in TIES:
         raise HashbenchError(f"ties: {ties!r} is not one of {', '.join(TIES)}")
-    dev = resolve_device(device, query_codes, db_codes)
     prep = prepare(query_codes, db_codes, query_labels, db_labels, distance=distance, bits=bits, device=dev)
     n_db, n_q = prep.db.shape[0], prep.query.shape[0]
     cutoffs = parse_ks(ks, n_db)
@@ -122,6 +128,9 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
     kvec = torch.tensor([k for _, k in cutoffs], device=dev, dtype=torch.int64)
     grouped = ties == "tie-aware"
     want_hist = prep.binary and (grouped or hamming_radius is not None or pr_curve)
+    # tie-aware Hamming metrics at cut-offs below N only need the buckets up to the k-th distance
+    truncated = (want_hist and grouped and not (map_at_r or pr_curve or hamming_radius is not None)
+                 and eng_name == "torch" and int(kvec.max()) < n_db)
     depth = int(kvec.max())
     if map_at_r and not grouped:
         depth = max(depth, int(R_all.max().item()))
@@ -129,6 +138,7 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
     if grouped and not prep.binary:
         depth = n_db
     harm = M.harmonic_table(n_db, dev) if grouped else None
+    labels_np = _compact_labels(prep) if dev.type == "cpu" and not grouped else None
 
     per = {name: [] for name in ("hits", "ap", "p", "r", "mapr", "rprec", "hr_prec", "hr_n",
                                  "pr_p", "pr_r", "pr_n")}
@@ -141,18 +151,23 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
         if map_at_r:
             cut = torch.cat([cut, R.to(torch.int64).unsqueeze(1)], 1)
         n = r = None
-        if want_hist:
-            d = eng.distances(qc)
-            n, r = hamming_histograms(d, relevance(qlc, prep.db_labels), prep.dim)
-            del d
+        if truncated:
+            n, r = eng.truncated_histograms(qc, _relevance_of(prep, qlc), int(kvec.max()))
+        elif want_hist:
+            n, r = eng.histograms(qc, relevance(qlc, prep.db_labels))
         if grouped:
             if not prep.binary:
                 ids, dist = eng.ranking(qc, n_db)
                 n, r = float_groups(dist, _gather_relevance(prep, qlc, ids))
             hits, S, ap_hits = M.grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits")
         else:
-            ids, _ = eng.ranking(qc, depth)
-            hits, S, ap_hits = M.ranked_sums(_gather_relevance(prep, qlc, ids), cut.clamp_max(depth))
+            ids, _ = eng.ranking(qc, depth, with_dist=False)
+            cut_d = cut.clamp_max(depth)
+            if dev.type == "cpu":
+                rel_np = _gather_relevance_np(labels_np, s, ids.numpy())
+                hits, S, ap_hits = M.ranked_sums_np(rel_np, cut_d.numpy())
+            else:
+                hits, S, ap_hits = M.ranked_sums(_gather_relevance(prep, qlc, ids), cut_d)
         nk = len(cutoffs)
         kf = cut[:, :nk].to(F64)
         Rk = R.unsqueeze(1).expand(-1, nk)
@@ -228,6 +243,33 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
 def _pr_ranks(n_db: int) -> np.ndarray:
     """Rank cut-offs of the precision-recall curve of float codes: 1, then 20 log-spaced up to N."""
     return np.unique(np.geomspace(1, n_db, 21).round().astype(np.int64))
+
+
+def _compact_labels(prep: Prepared):
+    """numpy labels for the CPU gather: class ids in the smallest dtype, or bool multi-hot."""
+    ql, dl = prep.query_labels.numpy(), prep.db_labels.numpy()
+    if ql.ndim == 2:
+        return ql, dl
+    classes, inv = np.unique(dl, return_inverse=True)
+    dtype = np.uint8 if classes.size < 255 else np.uint16 if classes.size < 65535 else np.int64
+    pos = np.searchsorted(classes, ql).clip(max=classes.size - 1)
+    q_ids = np.where(classes[pos] == ql, pos, classes.size)        # absent class -> a new id
+    return q_ids.astype(dtype), inv.reshape(-1).astype(dtype)
+
+
+def _gather_relevance_np(labels, start: int, ids: np.ndarray) -> np.ndarray:
+    ql, dl = labels
+    qc = ql[start:start + ids.shape[0]]
+    if ql.ndim == 1:
+        return np.take(dl, ids) == qc[:, None]
+    return (dl[ids] & qc[:, None, :]).any(2)
+
+
+def _relevance_of(prep: Prepared, qlc: torch.Tensor):
+    """``f(ids)``: relevance of database items ``ids`` (q, K) to the queries; ``f(None)``: to all."""
+    def rel_of(ids):
+        return relevance(qlc, prep.db_labels) if ids is None else _gather_relevance(prep, qlc, ids)
+    return rel_of
 
 
 def _gather_relevance(prep: Prepared, qlc: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ with ``H`` the harmonic numbers: a closed form, vectorised over queries and grou
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 F64 = torch.float64
@@ -55,6 +56,25 @@ def ranked_sums(rel: torch.Tensor, cutoffs: torch.Tensor):
     s = s_cum.gather(1, cutoffs)
     ap_hits = torch.where(hits > 0, s / hits.clamp_min(1), 0.0)
     return hits, s, ap_hits
+
+
+def ranked_sums_np(rel: np.ndarray, cutoffs: np.ndarray):
+    """:func:`ranked_sums` in numpy for the CPU: only the relevant positions are touched."""
+    q, K = rel.shape
+    flat = np.flatnonzero(rel)
+    rows = flat // K
+    cols = flat - rows * K
+    per_row = np.bincount(rows, minlength=q)
+    start = np.cumsum(per_row) - per_row
+    prec = (np.arange(flat.size) - start[rows] + 1) / (cols + 1.0)
+    hits = np.empty(cutoffs.shape, dtype=np.float64)
+    s = np.empty(cutoffs.shape, dtype=np.float64)
+    for c in range(cutoffs.shape[1]):
+        keep = cols < cutoffs[rows, c]
+        hits[:, c] = np.bincount(rows[keep], minlength=q)
+        s[:, c] = np.bincount(rows[keep], weights=prec[keep], minlength=q)
+    ap = np.divide(s, hits, out=np.zeros_like(s), where=hits > 0)
+    return torch.from_numpy(hits), torch.from_numpy(s), torch.from_numpy(ap)
 
 
 def _partial_sum(p, b, m, n0, r0, harm):

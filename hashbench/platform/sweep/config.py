@@ -253,6 +253,10 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
         methods = {m: {} for m in _list(methods, where("methods"))}
     elif not isinstance(methods, dict) or not methods:
         raise HashbenchError(f"{where('methods')}: expected 'all', a list of ids or a mapping, got {methods!r}")
+    elif "all" in methods:  # every registered method not listed by name gets the options of 'all'
+        rest = methods["all"]
+        methods = {**{m: copy.deepcopy(rest) for m in registered if m not in methods},
+                   **{k: v for k, v in methods.items() if k != "all"}}
     default_datasets = raw.get("datasets")
     default_bits = _bits(raw["bits"], where("bits")) if "bits" in raw else None
     trials = _int(raw.get("trials", 8), where("trials"), 1)

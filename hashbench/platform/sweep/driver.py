@@ -333,8 +333,11 @@ def _best_params(leaderboard: str, sweep_id: str, study: Study) -> Optional[dict
     from hashbench.platform.leaderboard import best_runs
 
     df = read_leaderboard(leaderboard).filter(pl.col("sweep_id") == sweep_id)
+    from hashbench.platform.data import load_dataset
+
+    name = load_dataset(study.dataset).name
     best = best_runs(df).filter((pl.col("method") == study.method) & (pl.col("bits") == study.bits)
-                                & (pl.col("dataset") == os.path.basename(os.path.normpath(study.dataset))))
+                                & (pl.col("dataset") == name))
     if best.height == 0:
         return None
     row = best.row(0, named=True)
@@ -347,6 +350,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
     """Run (or with ``resume`` continue) the sweep ``cfg``; every finished trial becomes one row."""
     import ray
 
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.perf_counter()
     cfg = replace(cfg, out_dir=os.path.abspath(cfg.out_dir),
                   leaderboard=os.path.abspath(leaderboard or cfg.leaderboard))

@@ -171,6 +171,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     rank, world, device = session.world_rank, session.world_size, torch.device(session.device)
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
     use_amp = device.type == "cuda"
+    if use_amp:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     ds = load_dataset(cfg.dataset_path or cfg.dataset)
     if ds.fingerprint != cfg.dataset_fingerprint:
         raise HashbenchError(f"dataset {cfg.dataset!r} changed since the run was configured "
@@ -261,6 +263,7 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         st["images"] += mine.numel() * world
 
         t1 = time.perf_counter()
+        model.eval()  # on every rank: models may count epochs by their train()/eval() switches
         val_map = torch.zeros((), dtype=torch.float64, device=device)
         if rank == 0:
             q = encode_split(model, val, cfg.eval_batch_size, method.code_type, use_amp)
