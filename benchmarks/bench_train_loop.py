@@ -14,6 +14,7 @@ Needs only torch, numpy and pillow (plus hashbench on PYTHONPATH); no Ray.
 
     python benchmarks/bench_train_loop.py --device cuda --dataset pneumoniamnist --epochs 2
     python benchmarks/bench_train_loop.py --device cuda --method drh --set depth=34 --batch-size 128
+    python benchmarks/bench_train_loop.py --device cuda --compile reduce-overhead   # CUDA graphs, both loops
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def conventional(cfg, ds, device: torch.device, workers: int) -> list:
     model = method.build_model(ctx, hp).to(device)
     loss_fn = method.build_loss(ctx, hp).to(device)
     opt = method.build_optimizer(model.parameters(), hp)
+    net = torch.compile(model, mode=cfg.compile) if cfg.compile else model
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                          num_workers=workers, pin_memory=device.type == "cuda",
                                          persistent_workers=workers > 0)
@@ -128,7 +130,7 @@ def conventional(cfg, ds, device: torch.device, workers: int) -> list:
             y = y.to(device, non_blocking=True)
             batch = Batch(images=x, labels=y, targets=y.argmax(1), index=i.to(device))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out = model(x)
+                out = net(x)
             out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
             loss = loss_fn(out, batch, model)["loss"]
             opt.zero_grad(set_to_none=True)
@@ -152,6 +154,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--loader-workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="DataLoader worker processes of the conventional loop")
+    p.add_argument("--compile", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile the model's training forward in both loops")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -163,7 +167,7 @@ def main(argv=None) -> int:
     try:
         cfg = TrainConfig(method=args.method, dataset=args.dataset, bits=args.bits, epochs=args.epochs,
                           batch_size=args.batch_size, params=dict(kv.split("=", 1) for kv in args.params),
-                          out_dir=out, device=args.device,
+                          out_dir=out, device=args.device, compile=args.compile,
                           augment={"hflip": True, "brightness": 0.1, "contrast": 0.1})
         ds = load_dataset(cfg.dataset)
         with GpuBusy(device) as busy_conv:
@@ -176,7 +180,7 @@ def main(argv=None) -> int:
     n = len(ds.indices("train"))
     report = {
         "device": res.device, "dataset": cfg.dataset_name, "method": cfg.method, "bits": cfg.bits,
-        "batch_size": cfg.batch_size, "train_images": n, "loader_workers": args.loader_workers,
+        "batch_size": cfg.batch_size, "compile": cfg.compile, "train_images": n, "loader_workers": args.loader_workers,
         "conventional_epoch_s": conv, "hashbench_epoch_s": hb,
         "speedup_last_epoch": conv[-1] / hb[-1],
         "conventional_images_per_s": n / conv[-1], "hashbench_images_per_s": res.history[-1]["train_images_per_s"],
@@ -187,7 +191,7 @@ def main(argv=None) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"{report['method']} {report['bits']}b on {report['dataset']} ({n} train images, batch "
-              f"{cfg.batch_size}) on {report['device']}")
+              f"{cfg.batch_size}, compile {cfg.compile}) on {report['device']}")
         print(f"  conventional (DataLoader + PIL, {args.loader_workers} workers): "
               f"{' / '.join(f'{t:.2f}' for t in conv)} s per epoch, {report['conventional_images_per_s']:.0f} images/s")
         print(f"  hashbench (device-resident data + augmentation): "

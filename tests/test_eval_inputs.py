@@ -33,6 +33,7 @@ QL, DL = rng.integers(0, 3, 4), rng.integers(0, 3, 10)
     ({"convention": "map"}, (Q, D, QL, DL), "convention"),
     ({"ties": "random"}, (Q, D, QL, DL), "ties"),
     ({"engine": "annoy"}, (Q, D, QL, DL), "engine"),
+    ({"engine": "faiss-hnsw"}, (Q, D, QL, DL), "ties='index'"),
     ({"distance": "manhattan"}, (Q, D, QL, DL), "distance"),
     ({"bits": 8}, (Q, D, QL, DL), "bit-packed uint8"),
     ({"bits": 12}, (np.zeros((4, 1), np.uint8), np.zeros((10, 1), np.uint8), QL, DL), "needs 2 packed bytes"),

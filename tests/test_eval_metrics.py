@@ -372,3 +372,20 @@ def test_half_precision_hamming_product_is_exact():
     eng.dtype, eng.db = torch.float16, eng.db.half()
     assert torch.equal(eng.distances(prep.query), exact)
     assert torch.equal(exact.long(), torch.from_numpy((qc[:, None] != dc[None]).sum(2)))
+
+
+def test_pr_curve_by_rank_for_float_codes_against_loops():
+    rng = np.random.default_rng(24)
+    qc, dc = rng.normal(size=(4, 3)), rng.normal(size=(30, 3))
+    ql, dl = rng.integers(0, 3, 4), rng.integers(0, 3, 30)
+    curve = evaluate(qc, dc, ql, dl, distance="l2", ks=[5], pr_curve=True)["pr_curve"]
+    assert curve["x"] == "rank" and curve["at"][0] == 1 and curve["at"][-1] == 30
+    for i, k in enumerate(curve["at"]):
+        ps, rs = [], []
+        for qi in range(4):
+            order = bf_orders([bf_distance(qc[qi], dc[j], "l2") for j in range(30)], False)[0]
+            rel = [bf_relevant(ql[qi], dl[j]) for j in order]
+            ps.append(sum(rel[:k]) / k)
+            rs.append(sum(rel[:k]) / sum(rel) if sum(rel) else 0.0)
+        assert curve["precision"][i] == pytest.approx(np.mean(ps))
+        assert curve["recall"][i] == pytest.approx(np.mean(rs))

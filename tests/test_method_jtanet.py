@@ -30,7 +30,6 @@ def _onehot(targets, c=None):
 #   N3 = 150°: d = 2 + √3         → score −1.232 (never chosen)
 #   N4 = acos(−0.1): d = 2.2      → score 0.3 (the only semi-hard one)
 ANGLES = [0.0, 90.0, 30.0, 60.0, 150.0, math.degrees(math.acos(-0.1))]
-LABELS = [0, 1, 1, 1, 1]
 
 
 def _hand_batch():

@@ -92,9 +92,11 @@ def test_sweep_rows_resume_seeds_and_reproduce(ray_session, tiny_store, tmp_path
 
     # reproduce the best lsh run: same data, same seed -> the same metrics on the same machine
     lsh = view.filter(pl.col("method") == "lsh").row(0, named=True)
+    capsys.readouterr()
     assert main(["reproduce", lsh["run_id"], "--dir", str(tmp_path / "lb"), "--out", str(tmp_path / "re"),
                  "--json", "--tolerance", "1e-6"]) == 0
-    rep = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    out = capsys.readouterr().out
+    rep = json.loads(out[out.index("\n{") + 1:])
     assert rep["max_abs_test_diff"] <= 1e-6 and any(m["metric"] == "test_mAP@100" for m in rep["metrics"])
     assert read_leaderboard(tmp_path / "lb").height == 6  # reproduce adds no row
 
@@ -113,3 +115,11 @@ def test_reproduce_refuses_changed_data(tmp_path, capsys):
         reproduce_config(row)
     assert main(["reproduce", "nope", "--dir", str(tmp_path / "lb")]) == 2
     assert "no leaderboard row with run id 'nope'" in capsys.readouterr().err
+
+
+def test_tune_reports_never_say_done():
+    """Tune ends a trial at once when a report says done: the loop's flag must reach Tune renamed."""
+    from hashbench.platform.sweep.session import for_tune
+
+    assert for_tune({"epoch": 2, "done": True, "val_mAP@100": 0.5}) == {"epoch": 2, "finished": True,
+                                                                        "val_mAP@100": 0.5}

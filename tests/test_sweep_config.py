@@ -185,3 +185,25 @@ def test_cli_check_only(tmp_path, capsys):
     cfg = _write(tmp_path, GOOD)
     assert main(["sweep", str(cfg), "--check"]) == 0
     assert "2 studies, 6 trials" in capsys.readouterr().out
+
+
+def test_cluster_yaml_follows_the_ray_launcher_schema():
+    import json
+    import os
+
+    import jsonschema
+    import ray.autoscaler
+    import yaml
+
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    schema = json.loads(Path(os.path.dirname(ray.autoscaler.__file__), "ray-schema.json").read_text())
+    jsonschema.validate(cluster, schema)
+    assert cluster["docker"]["image"] == "rayproject/ray:2.60.0-py312-gpu"
+    types = cluster["available_node_types"]
+    assert cluster["head_node_type"] in types
+    gpu_types = [t for t in types.values() if t["node_config"]["InstanceType"].startswith("g")]
+    assert gpu_types and all(t["min_workers"] <= t["max_workers"] for t in types.values())
+    assert any("pip install" in c and "hashbench" in c for c in cluster["setup_commands"])
+    assert any("/mnt/shared" in c for c in cluster["initialization_commands"])
+    full = load_config(ROOT / "configs" / "full.yaml", check_data=False)
+    assert full.storage.startswith("/mnt/shared") and full.leaderboard.startswith("/mnt/shared")

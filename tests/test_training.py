@@ -49,6 +49,13 @@ class TinyNet(nn.Module):
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, ctx.bits))
         self.head = nn.Linear(ctx.bits, ctx.num_classes)
         self.register_buffer("offset", torch.zeros(ctx.bits))
+        self.register_buffer("switches", torch.zeros((), dtype=torch.long))
+
+    def train(self, mode=True):
+        """Counts eval() -> train() switches, as DCH counts its pre-training epochs."""
+        if mode and not self.training:
+            self.switches += 1
+        return super().train(mode)
 
     def forward(self, x):
         z = torch.tanh(self.body(x))
@@ -72,7 +79,7 @@ class TinyLoss(nn.Module):
         if 0 <= self.nan_at <= self.calls:
             loss = loss + float("nan")
         self.calls += 1
-        return {"loss": loss, "ce": ce, "quant": quant}
+        return {"loss": loss, "ce": ce, "quant": quant, "switches": model.switches.float()}
 
 
 class RecordingPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -301,6 +308,7 @@ def test_fit_writes_a_complete_run_dir_and_metrics_match_the_codes(store, tmp_pa
     for row in res.history:
         assert {"epoch", "val_mAP@100", "loss", "ce", "quant", "lr"} <= set(row)
         assert row["loss"] == pytest.approx(row["ce"] + 0.1 * row["quant"], rel=1e-5)
+        assert row["switches"] == row["epoch"]           # one eval() -> train() switch per epoch
     assert reports[-1]["done"] and reports[-1]["test_mAP@100"] == res.metrics["test_mAP@100"]
     assert len(reports) == 4
     files = set(os.listdir(res.run_dir))
@@ -318,8 +326,8 @@ def test_fit_writes_a_complete_run_dir_and_metrics_match_the_codes(store, tmp_pa
     ds = load_dataset(store)
     np.testing.assert_array_equal(codes["query_labels"], ds.labels[codes["query_index"]])
     np.testing.assert_array_equal(codes["db_labels"], ds.labels[codes["db_index"]])
-    again = evaluate(codes["query_codes"], codes["db_codes"], codes["query_labels"], codes["db_labels"],
-                     ks=(10, 100))
+    again = evaluate(codes["query_codes"], codes["db_codes"], codes["query_labels"].argmax(1),
+                     codes["db_labels"].argmax(1), ks=(10, 100))
     assert res.metrics["test_mAP@10"] == pytest.approx(again["mAP@10"], abs=1e-12)
     assert res.protocol == again["protocol"]
     ref = brute_map_at_k(codes["query_codes"], codes["db_codes"], codes["query_labels"].astype(bool),
@@ -351,6 +359,14 @@ def test_same_seed_same_result_other_seed_differs(store, tmp_path):
     ca, cb = (np.load(os.path.join(r.run_dir, "codes.npz")) for r in (a, b))
     np.testing.assert_array_equal(ca["db_codes"], cb["db_codes"])
     assert [r["loss"] for r in a.history] != [r["loss"] for r in c.history]
+
+
+def test_multi_label_data_is_evaluated_as_multi_label(store, tmp_path):
+    multi = str(make_store(tmp_path / "multi", multi_label=True).path)
+    res = run_local(cfg_for(multi, tmp_path, epochs=1))
+    assert res.protocol["multi_label"] is True
+    single = run_local(cfg_for(store, tmp_path, epochs=1))
+    assert single.protocol["multi_label"] is False
 
 
 def test_float_codes_stay_float(store, tmp_path):
@@ -436,3 +452,22 @@ def test_cli_train_json_and_errors(store, tmp_path, capsys):
     assert rc == 2 and "bits" in capsys.readouterr().err
     rc = main(["train", "tiny-test", "--dataset", store, "--bits", "8", "--set", "lr", "--local"])
     assert rc == 2 and "KEY=VALUE" in capsys.readouterr().err
+    rc = main(["train", "tiny-test", "--dataset", store, "--bits", "8", "--workers", "2", "--local"])
+    assert rc == 2 and "workers=2" in capsys.readouterr().err
+
+
+def test_worker_hashbench_errors_reach_the_driver_as_hashbench_errors():
+    from hashbench.platform.training.runner import _unwrap
+
+    class FakeWorkerGroupError(Exception):
+        def __init__(self, failures):
+            super().__init__("workers failed")
+            self.worker_failures = failures
+
+    inner = HashbenchError("the loss became NaN or infinite at epoch 3, step 7")
+    wrapped = RuntimeError("ray task error")
+    wrapped.__cause__ = inner
+    out = _unwrap(FakeWorkerGroupError({1: RuntimeError("other"), 0: wrapped}))
+    assert isinstance(out, HashbenchError) and "epoch 3, step 7" in str(out)
+    plain = FakeWorkerGroupError({0: RuntimeError("segfault")})
+    assert _unwrap(plain) is plain

@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-failures", type=int, default=1, help="worker failures to recover from")
     p.add_argument("--local", action="store_true", help="train in this process without Ray")
     p.add_argument("--device", choices=("cpu", "cuda"), help="device for --local (default: a GPU if any)")
+    p.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile the training forward (mode: default, reduce-overhead = CUDA graphs, "
+                        "max-autotune)")
     p.add_argument("--json", action="store_true", help="print the final metrics and configuration as JSON")
     p.set_defaults(func=run)
 
@@ -62,7 +65,7 @@ def run(args) -> int:
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, seed=args.seed,
         out_dir=args.out, run_name=args.run_name, augment=_pairs(args.augment, "--augment"),
         patience=args.patience, max_failures=args.max_failures, storage_path=args.storage_path,
-        device=args.device)
+        device=args.device, compile=args.compile)
     bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} {cfg.dataset_name} {cfg.bits}b", unit="epoch",
                file=sys.stderr, dynamic_ncols=True)
 

@@ -64,7 +64,7 @@ def float_groups(dist_sorted: torch.Tensor, rel_sorted: torch.Tensor):
 def _chunk_size(prep: Prepared, override: int | None) -> int:
     if override:
         return int(override)
-    budget = 2 ** 30 if prep.db.device.type == "cuda" else 2 ** 23
+    budget = 2 ** 30 if prep.db.device.type == "cuda" else 2 ** 22
     return max(1, budget // prep.db.shape[0])
 
 
@@ -121,6 +121,9 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
     if knn_k is not None and (int(knn_k) != knn_k or knn_k <= 0):
         raise HashbenchError(f"knn_k: must be a positive integer, got {knn_k!r}")
     eng_name = choose_engine(engine, dev)
+    if eng_name in APPROXIMATE and ties != "index":
+        raise HashbenchError(f"engine={eng_name!r} returns an approximate ranking, which only the 'index' tie "
+                             f"policy evaluates; pass ties='index'")
     eng = build_engine(eng_name, prep)
     chunk = _chunk_size(prep, chunk_size)
 
@@ -165,9 +168,14 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
             cut_d = cut.clamp_max(depth)
             if dev.type == "cpu":
                 rel_np = _gather_relevance_np(labels_np, s, ids.numpy())
+                if eng_name in APPROXIMATE:
+                    rel_np &= ids.numpy() >= 0          # -1: fewer results than asked
                 hits, S, ap_hits = M.ranked_sums_np(rel_np, cut_d.numpy())
             else:
-                hits, S, ap_hits = M.ranked_sums(_gather_relevance(prep, qlc, ids), cut_d)
+                rel_t = _gather_relevance(prep, qlc, ids)
+                if eng_name in APPROXIMATE:
+                    rel_t &= ids >= 0
+                hits, S, ap_hits = M.ranked_sums(rel_t, cut_d)
         nk = len(cutoffs)
         kf = cut[:, :nk].to(F64)
         Rk = R.unsqueeze(1).expand(-1, nk)
@@ -269,6 +277,7 @@ def _relevance_of(prep: Prepared, qlc: torch.Tensor):
     """``f(ids)``: relevance of database items ``ids`` (q, K) to the queries; ``f(None)``: to all."""
     def rel_of(ids):
         return relevance(qlc, prep.db_labels) if ids is None else _gather_relevance(prep, qlc, ids)
+    rel_of.labels = (qlc, prep.db_labels) if qlc.dim() == 1 else None   # class ids: fusable
     return rel_of
 
 

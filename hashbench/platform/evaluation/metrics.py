@@ -62,11 +62,11 @@ def ranked_sums_np(rel: np.ndarray, cutoffs: np.ndarray):
     """:func:`ranked_sums` in numpy for the CPU: only the relevant positions are touched."""
     q, K = rel.shape
     flat = np.flatnonzero(rel)
-    rows = flat // K
+    per_row = np.count_nonzero(rel, axis=1)
+    rows = np.repeat(np.arange(q), per_row)
     cols = flat - rows * K
-    per_row = np.bincount(rows, minlength=q)
-    start = np.cumsum(per_row) - per_row
-    prec = (np.arange(flat.size) - start[rows] + 1) / (cols + 1.0)
+    ordinal = np.arange(1, flat.size + 1) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    prec = ordinal / (cols + 1.0)
     hits = np.empty(cutoffs.shape, dtype=np.float64)
     s = np.empty(cutoffs.shape, dtype=np.float64)
     for c in range(cutoffs.shape[1]):

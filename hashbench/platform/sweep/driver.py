@@ -181,10 +181,9 @@ def _trial(hp: dict, *, cfg: SweepConfig, studies: dict, default_key: Optional[s
     if tcfg.workers == 1:
         result = fit(tcfg, TuneSession(tcfg.device))
     else:
-        from ray.tune.integration.ray_train import TuneReportCallback
+        from hashbench.platform.sweep.session import tune_report_callback
 
-        tcfg.storage_path = tcfg.storage_path or os.path.join(cfg.out_dir, "_ray")
-        result = run_training(tcfg, callbacks=[TuneReportCallback()])
+        result = run_training(tcfg, callbacks=[tune_report_callback()])
     append_row(leaderboard, row_from_result(result, sweep_id=sweep_id, trial_id=trial_id, role=role,
                                             started_at=started))
 
@@ -310,7 +309,7 @@ def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, de
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
-                                        num_samples=num_samples,
+                                        num_samples=num_samples, reuse_actors=True,
                                         max_concurrent_trials=max(1, min(plan.capacity, total))),
             run_config=run_config)
     emit(f"[{name}] {total} trial(s), "

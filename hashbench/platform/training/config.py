@@ -21,6 +21,7 @@ AUGMENT_DEFAULTS = {"enabled": True, "hflip": True, "vflip": False, "rot90": Fal
 _AUGMENT_BOOLS = ("enabled", "hflip", "vflip", "rot90")
 _AUGMENT_FLOATS = ("brightness", "contrast")
 _EVAL_K_WORDS = ("all",)
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 
 def _parse_bool(value: Any, where: str) -> bool:
@@ -60,7 +61,8 @@ class TrainConfig:
     is the global batch: each of the ``workers`` trains on ``batch_size // workers`` items per step.
     ``patience``: stop after this many epochs without a better validation mAP@100 (None: never).
     ``device``: ``"cpu"``, ``"cuda"`` or None (a GPU when there is one) for in-process runs;
-    Ray Train workers use the device Ray gives them.
+    Ray Train workers use the device Ray gives them. ``compile``: a ``torch.compile`` mode
+    (``default``, ``reduce-overhead``, ``max-autotune``) for the training forward, or None.
     """
 
     method: str
@@ -82,6 +84,7 @@ class TrainConfig:
     storage_path: Optional[str] = None
     device: Optional[str] = None
     eval_batch_size: int = 1024
+    compile: Optional[str] = None
     hp: dict = field(init=False, default_factory=dict)
     dataset_path: str = field(init=False, default="")
     dataset_fingerprint: str = field(init=False, default="")
@@ -106,6 +109,8 @@ class TrainConfig:
             raise HashbenchError("cpus_per_worker and gpus_per_worker are both 0; a worker needs some resource")
         if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise HashbenchError(f"device {self.device!r}: expected 'cpu', 'cuda', 'cuda:N' or none (auto)")
+        if self.compile not in COMPILE_MODES:
+            raise HashbenchError(f"compile {self.compile!r}: expected one of {list(COMPILE_MODES)}")
         if not isinstance(self.params, dict):
             raise HashbenchError(f"params must be a mapping of hyperparameter names to values, got {self.params!r}")
         self.hp = m.resolve(self.params)

@@ -106,11 +106,15 @@ def encode_split(model, split: SplitData, batch_size: int, code_type: str, autoc
     return torch.cat(out)
 
 
-def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device) -> dict:
+def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_label: bool) -> dict:
+    """``evaluate`` with the method's distance; labels as class ids for single-label data."""
     from hashbench.platform.evaluation import evaluate
 
     q_codes, db_codes = q_codes.numpy(), db_codes.numpy()
-    q_labels, db_labels = q_labels.numpy().astype(np.uint8), db_labels.numpy().astype(np.uint8)
+    if multi_label:
+        q_labels, db_labels = q_labels.numpy().astype(np.uint8), db_labels.numpy().astype(np.uint8)
+    else:
+        q_labels, db_labels = q_labels.argmax(1).numpy(), db_labels.argmax(1).numpy()
     return evaluate(q_codes, db_codes, q_labels, db_labels, distance=method.distance, ks=ks,
                     device=str(device) if device.type == "cuda" else None)
 
@@ -212,6 +216,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    if cfg.compile:
+        net = torch.compile(net, mode=cfg.compile)  # the training forward; encoding stays eager
 
     epochs = cfg.epochs
     while st["epoch"] < epochs and not st["stopped_early"]:
@@ -229,25 +235,24 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         _sync(device)
         t0 = time.perf_counter()
         model.train()
-        sums: dict = {}
-        bad_step = torch.full((), -1, dtype=torch.long, device=device)
-        for step in range(mine.shape[0]):
+        steps = mine.shape[0]
+        record = names = None  # (steps, terms): every loss term of every step, kept on the device
+        for step in range(steps):
             batch = train.batch(mine[step], cfg.augment, aug_gen)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 out = net(batch.images)
             terms = loss_fn(_float_out(out), batch, model)
-            loss = terms["loss"]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["loss"].backward()
             optimizer.step()
-            finite = torch.isfinite(loss.detach())
-            bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
-            for k, v in terms.items():
-                v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v), device=device)
-                sums[k] = sums[k] + v if k in sums else v
-        names = sorted(sums)
-        packed = torch.stack([sums[k] for k in names]) / mine.shape[0]
-        flag = torch.where(bad_step < 0, torch.full_like(bad_step, 2**62), bad_step)
+            if record is None:
+                names = sorted(terms)
+                record = torch.empty(steps, len(names), device=device)
+            record[step] = torch.stack([torch.as_tensor(terms[k], device=device).detach().float()
+                                        for k in names])
+        bad = ~torch.isfinite(record[:, names.index("loss")])
+        flag = torch.where(bad.any(), bad.long().argmax(), torch.full((), 2**62, device=device))
+        packed = record.mean(0)
         if distributed:
             dist.all_reduce(packed)
             packed /= world
@@ -257,7 +262,7 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         if int(flag) < 2**62:
             raise HashbenchError(
                 f"the loss became NaN or infinite at epoch {epoch}, step {int(flag)} (method {method.id!r}, "
-                f"lr and loss weights {hp}); lower the learning rate or check the data")
+                f"hyperparameters {hp}); lower the learning rate or check the data")
         loss_terms = dict(zip(names, packed.tolist()))
         st["times"]["train_s"] += train_s
         st["images"] += mine.numel() * world
@@ -268,7 +273,7 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         if rank == 0:
             q = encode_split(model, val, cfg.eval_batch_size, method.code_type, use_amp)
             db = encode_split(model, train, cfg.eval_batch_size, method.code_type, use_amp)
-            res = _evaluate(q, db, val.labels.cpu(), train.labels.cpu(), method, (100,), device)
+            res = _evaluate(q, db, val.labels.cpu(), train.labels.cpu(), method, (100,), device, ds.multi_label)
             val_map.fill_(float(res["mAP@100"]))
         if distributed:
             dist.broadcast(val_map, src=0)
@@ -308,7 +313,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         q_codes = encode_split(model, test, cfg.eval_batch_size, method.code_type, use_amp)
         encode_s = time.perf_counter() - t2
         t3 = time.perf_counter()
-        res = _evaluate(q_codes, db_codes, test.labels.cpu(), train.labels.cpu(), method, cfg.eval_ks, device)
+        res = _evaluate(q_codes, db_codes, test.labels.cpu(), train.labels.cpu(), method, cfg.eval_ks, device,
+                        ds.multi_label)
         eval_s = time.perf_counter() - t3
         protocol = dict(res.get("protocol", {}))
         metrics = {"val_mAP@100": st["best"]}

@@ -28,6 +28,9 @@ def run_local(cfg: TrainConfig, on_epoch: Optional[Callable[[dict], None]] = Non
     Checkpoints live in ``<run_dir>/checkpoints`` until the run finishes. ``on_epoch(metrics)`` is
     called after every report (progress bars).
     """
+    if cfg.workers != 1:
+        raise HashbenchError(f"workers={cfg.workers}: an in-process run (--local) is one worker; "
+                             f"run it on Ray Train for data-parallel workers")
     _check_not_finished(cfg)
     ckpt_root = os.path.join(cfg.run_dir, "checkpoints")
     result = fit(cfg, LocalSession(ckpt_root, device=cfg.device, on_report=on_epoch))
@@ -75,6 +78,8 @@ def run_training(cfg: TrainConfig, callbacks: Optional[list] = None,
     if use_gpu:
         resources["GPU"] = cfg.gpus_per_worker
     storage = cfg.storage_path or os.path.join(cfg.out_dir, "_ray")
+    if "://" not in storage:
+        storage = os.path.abspath(storage)  # Ray Train wants an absolute local path or a URI
     callbacks = list(callbacks or [])
     queue = pump = None
     if on_epoch is not None:
