@@ -70,6 +70,10 @@ def test_sweep_rows_resume_seeds_and_reproduce(ray_session, tiny_store, tmp_path
     lrs = [json.loads(p)["lr"] for p in df.filter(pl.col("method") == "dch")["params_json"]]
     assert all(0.05 <= lr <= 1.0 for lr in lrs) and len(set(lrs)) == 3  # Optuna sampled 3 distinct values
     assert (df["dataset_fingerprint"].str.len_chars() == 64).all() and (df["bits"] == 8).all()
+    for col in ("metric_convention", "tie_policy", "no_hit_policy", "started_at", "hashbench_commit",
+                "torch_version", "ray_version", "config_json", "time_total_s", "train_images_per_s"):
+        assert done[col].is_not_null().all(), col
+    assert json.loads(done["splits"][0]) == {"train": 48, "val": 16, "test": 16}
 
     # running it again without --resume is refused; --resume of the finished sweep adds nothing
     assert main(["sweep", cfg]) == 2
@@ -123,3 +127,12 @@ def test_tune_reports_never_say_done():
 
     assert for_tune({"epoch": 2, "done": True, "val_mAP@100": 0.5}) == {"epoch": 2, "finished": True,
                                                                         "val_mAP@100": 0.5}
+
+
+@pytest.mark.timeout(120)
+def test_resources_no_node_can_give_leave_nothing_behind(ray_session, tiny_store, tmp_path, capsys):
+    cfg = _config(tmp_path, tiny_store, resources="{gpus_per_worker: 1}")
+    assert main(["sweep", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "asks for 1 CPU and 1 GPU, which no node of the cluster can ever give" in err and "0 GPU" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]  # no storage, leaderboard, runs

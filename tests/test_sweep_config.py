@@ -207,3 +207,20 @@ def test_cluster_yaml_follows_the_ray_launcher_schema():
     assert any("/mnt/shared" in c for c in cluster["initialization_commands"])
     full = load_config(ROOT / "configs" / "full.yaml", check_data=False)
     assert full.storage.startswith("/mnt/shared") and full.leaderboard.startswith("/mnt/shared")
+
+
+def test_quickstart_sweep_covers_every_registered_method(tmp_path):
+    import yaml
+
+    from hashbench.platform.cli.quickstart_cmd import build_config
+    from hashbench.platform.registry import get_method
+
+    raw = build_config(str(tmp_path), {"pneumoniamnist": "pneumoniamnist", "busi": "busi"}, [16, 32], 1, "auto")
+    cfg = parse_text(yaml.safe_dump(raw), "quickstart")
+    assert sorted({s.method for s in cfg.studies}) == list_methods()
+    assert len(cfg.studies) == 2 * len(list_methods()) and all(s.trials == 1 for s in cfg.studies)
+    for s in cfg.studies:
+        m = get_method(s.method)
+        assert s.dataset == ("busi" if m.requires.masks or m.family == "ynet" else "pneumoniamnist")
+        assert s.epochs == 1
+    assert all(str(tmp_path) in p for p in (cfg.storage, cfg.leaderboard, cfg.out_dir))

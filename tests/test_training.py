@@ -186,6 +186,9 @@ def _one_thread():
     (dict(method="tiny-cb", batch_size=8, workers=8), "fewer than spc=2"),
     (dict(device="tpu"), "device 'tpu'"),
     (dict(run_name="../escape"), "run_name"),
+    (dict(compile="fast"), "compile 'fast'"),
+    (dict(gpus_per_worker=-1), "gpus_per_worker"),
+    (dict(cpus_per_worker=0, gpus_per_worker=0), "both 0"),
 ])
 def test_config_rejects_bad_input(store, tmp_path, kw, needle):
     with pytest.raises(HashbenchError, match=None) as err:
@@ -390,6 +393,8 @@ def test_resume_after_failure_gives_the_uninterrupted_result(store, tmp_path, mo
     with pytest.raises(RuntimeError, match="injected failure at the start of epoch 1"):
         run_local(cfg)
     assert os.listdir(os.path.join(cfg.run_dir, "checkpoints")) == ["checkpoint_000000"]
+    with pytest.raises(HashbenchError, match=r"different configuration \(epochs"):
+        run_local(cfg_for(store, tmp_path, epochs=4, run_name="broken"))
     res = run_local(cfg)                                   # same run name: resumes, hook stays quiet
     assert res.resumed_from == 1 and res.epochs_run == 3
     assert res.metrics == whole.metrics
@@ -471,3 +476,17 @@ def test_worker_hashbench_errors_reach_the_driver_as_hashbench_errors():
     assert isinstance(out, HashbenchError) and "epoch 3, step 7" in str(out)
     plain = FakeWorkerGroupError({0: RuntimeError("segfault")})
     assert _unwrap(plain) is plain
+
+
+def test_session_base_class_and_devices():
+    from hashbench.platform.training import Session, default_device
+
+    with pytest.raises(NotImplementedError):
+        Session().report({"epoch": 0})
+    with pytest.raises(NotImplementedError):
+        Session().get_checkpoint_dir()
+    assert default_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert default_device(None) == torch.device("cpu")
+        with pytest.raises(HashbenchError, match="no CUDA GPU"):
+            default_device("cuda")

@@ -14,7 +14,7 @@ from hashbench.platform.errors import HashbenchError
 from hashbench.platform.registry import Method, ModelContext, Param, Requirements, register
 
 CITATION = ("Fang J, Fu H, Zeng D, Yan X, Yan Y, Liu J. Combating Ambiguity for Hash-code Learning in Medical "
-            "Instance Retrieval. IEEE Journal of Biomedical and Health Informatics 25(10), 2021.")
+            "Instance Retrieval. IEEE Journal of Biomedical and Health Informatics, 2021.")
 PAPER = "../shared/papers/003_f78fd417245629b2.txt"
 
 OMEGA = Param("omega", 0.5, search=(0.1, 0.9), bounds=(0.0, 1.0),

@@ -142,7 +142,7 @@ def row_from_result(result: Any, *, sweep_id: str = "", trial_id: str = "", stat
               for s in ("train", "val", "test")}
     splits.update({k: ds.meta[k] for k in ("split_protocol", "split_seed") if k in ds.meta})
     torch_version, ray_version = _versions()
-    no_hit = protocol.get("exclude_no_hit", protocol.get("no_hit_policy"))
+    no_hit = protocol.get("no_hit", protocol.get("exclude_no_hit"))
     row = {
         "schema_version": SCHEMA_VERSION, "row_id": uuid.uuid4().hex,
         "sweep_id": sweep_id, "trial_id": trial_id, "run_id": str(_get(result, "run_id") or cfg.get("run_name")),

@@ -14,7 +14,10 @@ def add_parser(sub) -> None:
     p.add_argument("--storage", help="where Tune keeps the sweep (path or URI; overrides the config's storage)")
     p.add_argument("--seeds", type=int, help="re-train the best configuration of each study N more times")
     p.add_argument("--leaderboard", help="leaderboard directory (overrides the config's leaderboard)")
-    p.add_argument("--check", action="store_true", help="validate the config (and the cluster) and stop")
+    p.add_argument("--name", help="sweep name (overrides the config's name; e.g. to run a config twice)")
+    p.add_argument("--gpus-per-worker", help="override resources.gpus_per_worker (a number or 'auto'), "
+                                             "e.g. 1 vs 0.25 to measure GPU packing")
+    p.add_argument("--check", action="store_true", help="validate the config and stop")
     p.set_defaults(func=run)
 
 
@@ -25,6 +28,7 @@ def run(args) -> int:
     if args.seeds is not None and args.seeds < 0:
         raise HashbenchError(f"--seeds must be >= 0, got {args.seeds}")
     cfg = load_config(args.config)
+    cfg = _overrides(cfg, args)
     print(f"sweep {cfg.name!r}: {len(cfg.studies)} studies, {cfg.total_trials} trials "
           f"({', '.join(s.key for s in cfg.studies[:6])}{', ...' if len(cfg.studies) > 6 else ''})", flush=True)
     if args.check:
@@ -43,3 +47,27 @@ def run(args) -> int:
 
 def _emit(line: str) -> None:
     print(line, flush=True)
+
+
+def _overrides(cfg, args):
+    import dataclasses
+
+    from hashbench.platform.errors import HashbenchError
+    from hashbench.platform.sweep.config import _NAME
+
+    if args.name is not None:
+        if not _NAME.match(args.name):
+            raise HashbenchError(f"--name {args.name!r}: use letters, digits, '.', '_', '-'")
+        cfg = dataclasses.replace(cfg, name=args.name)
+    if args.gpus_per_worker is not None:
+        value = args.gpus_per_worker
+        if value != "auto":
+            try:
+                value = float(value)
+            except ValueError:
+                value = -1.0
+            if not (0 <= value <= 1 or (value > 1 and value.is_integer())):
+                raise HashbenchError(f"--gpus-per-worker {args.gpus_per_worker!r}: expected 'auto', a fraction "
+                                     f"in [0, 1] or a whole number")
+        cfg = dataclasses.replace(cfg, gpus_per_worker=value)
+    return cfg

@@ -4,12 +4,16 @@ An engine is built once per evaluation from the database and answers, for a chun
 
 * ``ranking(q, K)`` -> ``(ids, dist)``, (nq, K): the K nearest database items ordered by
   distance, ties by ascending database index (faiss's order);
-* ``distances(q)`` -> (nq, N) distances to the whole database (Hamming: int32).
+* ``histograms(q, rel)`` -> per-query counts of all / relevant items at each Hamming distance
+  (what every tie-aware metric needs);
+* ``distances(q)`` -> (nq, N) distances to the whole database.
 
 torch: Hamming through a +-1 matrix product (float16 on CUDA, exact for up to 2048 bits; float32
-on CPU), ranking by ``topk`` / ``sort`` on the unique key ``dist * N + index``.
-faiss: ``IndexBinaryFlat`` / ``IndexFlatL2`` / ``IndexFlatIP`` (faiss-gpu when installed and the
-device is CUDA); full Hamming distance matrices come from a numpy popcount kernel.
+on CPU), ranking by ``topk`` / ``sort`` on the unique key ``dist * N + index``; and
+``truncated_histograms`` (one product, one ``topk``, one counting pass) for tie-aware cut-offs.
+faiss: ``IndexBinaryFlat`` (counting search) / ``IndexFlatL2`` / ``IndexFlatIP`` (faiss-gpu for
+float codes when installed and the device is CUDA); long Hamming rankings and histograms come from
+numpy kernels (XOR + popcount, stable radix ``argsort``, ``bincount``) in the same order.
 """
 
 from __future__ import annotations

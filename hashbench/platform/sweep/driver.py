@@ -17,6 +17,7 @@ import math
 import os
 import time
 import zlib
+from datetime import datetime, timezone
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
@@ -120,6 +121,9 @@ def plan_resources(cfg: SweepConfig, nodes: list) -> Plan:
     has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
     gpus = (AUTO_GPU_SHARE if has_gpu else 0.0) if cfg.gpus_per_worker == "auto" else float(cfg.gpus_per_worker)
     cpus = float(cfg.cpus_per_worker)
+    if cpus == 0 and gpus == 0:
+        raise HashbenchError(f"{cfg.source}: resources: cpus_per_worker is 0 and this cluster has no GPU for "
+                             f"gpus_per_worker 'auto'; give each worker at least one CPU")
 
     def fits(node) -> int:
         n = math.inf
@@ -255,8 +259,12 @@ def _fill_rows(grid, *, cfg: SweepConfig, studies: dict, default_key: Optional[s
         probe = {"sweep_id": sweep_id, "trial_id": trial.trial_id}
         if os.path.exists(row_path(leaderboard, probe)):
             continue
+        started = None
+        if "timestamp" in last and "time_total_s" in last:
+            started = datetime.fromtimestamp(last["timestamp"] - last["time_total_s"], timezone.utc)
+            started = started.isoformat(timespec="seconds")
         append_row(leaderboard, row_from_result(run, sweep_id=sweep_id, trial_id=trial.trial_id,
-                                                status=status, role=role))
+                                                status=status, role=role, started_at=started))
     return counts
 
 
@@ -343,6 +351,17 @@ def _best_params(leaderboard: str, sweep_id: str, study: Study) -> Optional[dict
     return {"params": json.loads(row["params_json"]), "seed": int(row["seed"])}
 
 
+def _missing_dirs(paths: list) -> list:
+    """Every directory on the way to ``paths`` that does not exist yet, deepest first."""
+    out = set()
+    for p in paths:
+        p = os.path.abspath(p)
+        while not os.path.exists(p):
+            out.add(p)
+            p = os.path.dirname(p)
+    return sorted(out, key=lambda q: q.count(os.sep), reverse=True)
+
+
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] = None,
               storage: Optional[str] = None, seeds: Optional[int] = None, leaderboard: Optional[str] = None,
               emit: Callable[[str], None] = print) -> SweepSummary:
@@ -350,6 +369,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables, our progress lines only
     t0 = time.perf_counter()
     cfg = replace(cfg, out_dir=os.path.abspath(cfg.out_dir),
                   leaderboard=os.path.abspath(leaderboard or cfg.leaderboard))
@@ -364,13 +384,21 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
     if not resume and manifest is not None:
         raise HashbenchError(f"sweep {cfg.name!r} already exists in {root}; pass --resume to continue it, "
                              f"or set another 'name' in {cfg.source}")
-    check_storage(root)
-    check_writable(cfg.leaderboard)
-    check_writable(cfg.out_dir, what="run directory")
-
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    plan = plan_resources(cfg, cluster_nodes())
+    made = _missing_dirs([p for p in (root, cfg.leaderboard, cfg.out_dir) if "://" not in p])
+    try:
+        check_storage(root)
+        check_writable(cfg.leaderboard)
+        check_writable(cfg.out_dir, what="run directory")
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        plan = plan_resources(cfg, cluster_nodes())
+    except HashbenchError:
+        for path in made:  # leave nothing behind: remove the (still empty) directories the checks made
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        raise
     if manifest is None:
         write_manifest(root, {"name": cfg.name, "source": cfg.source, "leaderboard": cfg.leaderboard,
                               "created_at": now_iso(), "config": open(cfg.source).read()

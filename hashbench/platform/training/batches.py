@@ -101,19 +101,20 @@ def augment_batch(x: torch.Tensor, masks, cfg: dict, generator: torch.Generator 
         if masks is not None:
             masks = _where(flag, fn(masks), masks)
 
-    transpose = hflip = vflip = torch.zeros(n, dtype=torch.bool, device=dev)
+    # which transforms run is decided by the config only (no data-dependent branch: no host sync)
+    transpose = hflip = vflip = None
     if cfg.get("rot90") and x.shape[-1] == x.shape[-2]:
         k = torch.randint(0, 4, (n,), device=dev, generator=generator)
         transpose, hflip, vflip = (k % 2 == 1), (k == 1) | (k == 2), (k == 2) | (k == 3)
     if cfg.get("hflip"):
-        hflip = hflip ^ coin()
+        hflip = coin() if hflip is None else hflip ^ coin()
     if cfg.get("vflip"):
-        vflip = vflip ^ coin()
-    if transpose.any():
+        vflip = coin() if vflip is None else vflip ^ coin()
+    if transpose is not None:
         apply(transpose, lambda t: t.transpose(-1, -2))
-    if hflip.any():
+    if hflip is not None:
         apply(hflip, lambda t: t.flip(-1))
-    if vflip.any():
+    if vflip is not None:
         apply(vflip, lambda t: t.flip(-2))
     b, c = cfg.get("brightness", 0.0), cfg.get("contrast", 0.0)
     if b > 0 or c > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -17,9 +18,20 @@ FORWARDED_ENV_PREFIX = "HASHBENCH_"
 
 
 def _check_not_finished(cfg: TrainConfig) -> None:
+    """A finished run is never overwritten; an unfinished one resumes only with the same config."""
     if os.path.isfile(os.path.join(cfg.run_dir, "metrics.json")):
         raise HashbenchError(f"run {cfg.run_dir} already finished (metrics.json exists); choose another "
                              f"run name or out directory")
+    saved = os.path.join(cfg.run_dir, "config.json")
+    if os.path.isfile(saved):
+        with open(saved) as f:
+            before = json.load(f)
+        now = json.loads(json.dumps(cfg.to_dict()))
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if changed:
+            raise HashbenchError(f"run {cfg.run_dir} exists unfinished with a different configuration "
+                                 f"({', '.join(changed)}); resume it with the same settings or choose "
+                                 f"another run name")
 
 
 def run_local(cfg: TrainConfig, on_epoch: Optional[Callable[[dict], None]] = None) -> RunResult:

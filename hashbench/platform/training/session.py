@@ -37,7 +37,8 @@ def default_device(requested: Optional[str] = None) -> torch.device:
     if requested:
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise HashbenchError(f"device {requested!r} requested but torch sees no CUDA GPU; use --device cpu")
-        return torch.device(requested)
+        dev = torch.device(requested)
+        return torch.device("cuda", torch.cuda.current_device()) if dev.type == "cuda" and dev.index is None else dev
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU acceptance measurements, in stages (one device call each). Run from the project root on a
+# machine with torch + CUDA; prepared stores that are not built in are read from $HASHBENCH_DATA.
+#   bash benchmarks/gpu_acceptance.sh speed      # evaluation + training-loop benchmarks, busi matrix
+#   bash benchmarks/gpu_acceptance.sh chula      # the hashing methods on chula_rbc12 patches
+#   bash benchmarks/gpu_acceptance.sh metric     # the metric-learning methods (issue 5)
+# Results go to ${OUT:-out}/ (tables as markdown, JSON beside them).
+set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+stage=${1:?stage: speed | chula | metric}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -lms 1000 > "$OUT/util_$stage.csv" &
+smi=$!
+trap 'kill $smi 2>/dev/null' EXIT
+HASH="dch,drh,dph,drh-nq,drh-nb"
+case $stage in
+  speed)
+    python benchmarks/bench_eval.py --device cuda --ref-queries 20 2>&1 | tee "$OUT/bench_eval_cuda.md"
+    python benchmarks/bench_train_loop.py --device cuda --method dch --dataset pneumoniamnist --epochs 2 2>&1 | tee "$OUT/bench_train_dch.md"
+    python benchmarks/bench_train_loop.py --device cuda --method drh --set depth=34 --dataset pneumoniamnist --epochs 2 2>&1 | tee "$OUT/bench_train_drh34.md"
+    python benchmarks/train_matrix.py --methods $HASH --datasets busi --bits 16,32,64 --epochs ${EPOCHS:-15} \
+        --device cuda --out /tmp/runs --json-out "$OUT/matrix_busi.json" 2>&1 | tee "$OUT/matrix_busi.md"
+    ;;
+  chula)
+    python benchmarks/train_matrix.py --methods $HASH --datasets chula_rbc12 --bits 16,32,64 --epochs ${EPOCHS:-3} \
+        --device cuda --out /tmp/runs --json-out "$OUT/matrix_chula.json" 2>&1 | tee "$OUT/matrix_chula.md"
+    ;;
+  metric)
+    python benchmarks/train_matrix.py --methods ynet,ynet-no-fpn,ynet-no-rmac,ynet-ce --datasets busi --bits 16,32,64 \
+        --epochs ${EPOCHS:-15} --device cuda --out /tmp/runs --json-out "$OUT/matrix_ynet.json" 2>&1 | tee "$OUT/matrix_ynet.md"
+    python benchmarks/train_matrix.py --methods jtanet,constellation,triplet,npair,contrastive,lsh,itq --datasets chula_rbc12 \
+        --bits 16,32,64 --epochs ${EPOCHS_CHULA:-3} --device cuda --out /tmp/runs --json-out "$OUT/matrix_metric_chula.json" 2>&1 | tee "$OUT/matrix_metric_chula.md"
+    ;;
+esac
