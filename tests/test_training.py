@@ -490,3 +490,25 @@ def test_session_base_class_and_devices():
         assert default_device(None) == torch.device("cpu")
         with pytest.raises(HashbenchError, match="no CUDA GPU"):
             default_device("cuda")
+
+
+def test_also_binary_evaluates_sign_codes_with_hamming(store, tmp_path, monkeypatch):
+    """A float method with also_binary gets test_sign_* metrics equal to evaluating sign(codes) by Hamming."""
+    import dataclasses
+
+    from hashbench.platform import registry
+    from hashbench.platform.evaluation import evaluate
+    from hashbench.platform.training import TrainConfig, run_local
+
+    base = registry.get_method("drh-nb")
+    monkeypatch.setitem(registry._REGISTRY, "drh-nb-sign",
+                        dataclasses.replace(base, id="drh-nb-sign", also_binary=True))
+    cfg = TrainConfig(method="drh-nb-sign", dataset=store, bits=8, epochs=1, batch_size=16,
+                      params={"depth": 18, "width": 2}, out_dir=str(tmp_path / "runs"), device="cpu")
+    res = run_local(cfg)
+    codes = np.load(f"{res.run_dir}/codes.npz")
+    q, db = np.where(codes["query_codes"] >= 0, 1, -1), np.where(codes["db_codes"] >= 0, 1, -1)
+    ref = evaluate(q, db, codes["query_labels"].argmax(1), codes["db_labels"].argmax(1), distance="hamming",
+                   ks=(10, 100, 1000, "all"))
+    for k in ("mAP@10", "mAP@100", "mAP@all"):
+        assert res.metrics[f"test_sign_{k}"] == pytest.approx(ref[k])

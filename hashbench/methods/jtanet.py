@@ -175,7 +175,7 @@ def _loss(ctx, hp):
 
 
 register(Method(
-    id="jtanet", family="jtanet",
+    id="jtanet", family="jtanet", also_binary=True,
     summary="Joint Triplet Autoencoder: Siamcoder shared by online-mined triplet loss and a decoder",
     citation=CITATION, paper=PAPER,
     build_model=lambda ctx, hp: JTANet(ctx), build_loss=_loss,

@@ -177,6 +177,7 @@ class Method:
     requires: Requirements = field(default_factory=Requirements)
     paper: str = ""
     family: str = ""
+    also_binary: bool = False  # float methods: also evaluate sign(codes) by Hamming distance at equal bits
 
     def __post_init__(self):
         if not self.id or not all(c.isalnum() or c in "-_" for c in self.id):
@@ -185,6 +186,8 @@ class Method:
             raise ValueError(f"method {self.id!r}: code_type must be one of {CODE_TYPES}")
         if self.distance not in DISTANCES:
             raise ValueError(f"method {self.id!r}: distance must be one of {DISTANCES}")
+        if self.also_binary and self.code_type != "float":
+            raise ValueError(f"method {self.id!r}: also_binary applies to float codes only")
         if self.code_type == "binary" and self.distance != "hamming":
             raise ValueError(f"method {self.id!r}: binary codes are compared by hamming distance")
         if self.sampler not in SAMPLERS:
@@ -223,7 +226,7 @@ class Method:
             "batch_size": self.batch_size, "epochs": self.epochs, "sampler": self.sampler,
             "requires": dataclasses.asdict(self.requires),
             "params": [p.describe() for p in self.params],
-            "two_stage": self.finalize is not None,
+            "two_stage": self.finalize is not None, "also_binary": self.also_binary,
         }
 
 

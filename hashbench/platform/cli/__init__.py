@@ -16,7 +16,7 @@ from hashbench import __version__
 from hashbench.platform.errors import HashbenchError
 
 # (module in this package, in the order they are listed by --help)
-SUBCOMMANDS = ["data", "methods", "eval", "train", "sweep", "leaderboard", "reproduce",
+SUBCOMMANDS = ["data", "methods", "eval", "train", "fewshot", "sweep", "leaderboard", "reproduce",
                "quickstart", "dashboard"]
 
 

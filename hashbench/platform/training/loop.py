@@ -106,7 +106,8 @@ def encode_split(model, split: SplitData, batch_size: int, code_type: str, autoc
     return torch.cat(out)
 
 
-def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_label: bool) -> dict:
+def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_label: bool,
+              distance: Optional[str] = None) -> dict:
     """``evaluate`` with the method's distance; labels as class ids for single-label data."""
     from hashbench.platform.evaluation import evaluate
 
@@ -115,7 +116,7 @@ def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_
         q_labels, db_labels = q_labels.numpy().astype(np.uint8), db_labels.numpy().astype(np.uint8)
     else:
         q_labels, db_labels = q_labels.argmax(1).numpy(), db_labels.argmax(1).numpy()
-    return evaluate(q_codes, db_codes, q_labels, db_labels, distance=method.distance, ks=ks,
+    return evaluate(q_codes, db_codes, q_labels, db_labels, distance=distance or method.distance, ks=ks,
                     device=str(device) if device.type == "cuda" else None)
 
 
@@ -320,6 +321,12 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         metrics = {"val_mAP@100": st["best"]}
         metrics.update({f"test_{k}": float(v) for k, v in res.items()
                         if k != "protocol" and isinstance(v, (int, float, np.floating, np.integer))})
+        if method.also_binary:  # the float codes sign-binarised, compared by Hamming distance at equal bits
+            signed = torch.where(q_codes >= 0, 1, -1).to(torch.int8), torch.where(db_codes >= 0, 1, -1).to(torch.int8)
+            res_b = _evaluate(signed[0], signed[1], test.labels.cpu(), train.labels.cpu(), method, cfg.eval_ks,
+                              device, ds.multi_label, distance="hamming")
+            metrics.update({f"test_sign_{k}": float(v) for k, v in res_b.items()
+                            if k != "protocol" and isinstance(v, (int, float, np.floating, np.integer))})
         timings = {"train_s": st["times"]["train_s"], "val_s": st["times"]["val_s"], "encode_s": encode_s,
                    "eval_s": eval_s, "total_s": 0.0}
         n_enc = len(train) + len(test)
