@@ -137,6 +137,10 @@ def test_resources_size_concurrency_and_share_gpus():
     auto = _parse(GOOD + "resources: {gpus_per_worker: auto}\n")
     assert plan_resources(auto, [{"CPU": 8.0, "GPU": 1.0}]).gpus_per_worker == 0.25
     assert plan_resources(auto, [{"CPU": 8.0}]).gpus_per_worker == 0.0
+    tight = _parse(GOOD + "resources: {workers: 2, cpus_per_worker: 1}\n")
+    with pytest.raises(HashbenchError, match="plus 0.01 CPU for its driver, more than the cluster's 2 CPU"):
+        plan_resources(tight, [{"CPU": 2.0}])  # 2 x 1 CPU + the driver's 0.01 would wait forever
+    assert plan_resources(tight, [{"CPU": 4.0}]).capacity == 1
     multi = _parse(GOOD + "resources: {workers: 2, max_concurrent: 1}\n")
     plan = plan_resources(multi, [{"CPU": 8.0}])
     assert plan.trial_resources == {"cpu": 0.01} and plan.capacity == 1

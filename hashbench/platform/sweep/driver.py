@@ -32,6 +32,7 @@ METRIC = "val_mAP@100"
 STUDY_KEY = "__study"
 SEED_KEY = "__seed"
 MANIFEST = "sweep.json"
+DRIVER_CPU = 0.01     # the Tune function of a multi-worker trial (zero-CPU trials are refused)
 AUTO_GPU_SHARE = 0.25  # gpus_per_worker: auto -> four trials share a GPU when the cluster has GPUs
 
 
@@ -148,9 +149,16 @@ def plan_resources(cfg: SweepConfig, nodes: list) -> Plan:
     if cfg.workers == 1:
         trial = {"cpu": cpus, "gpu": gpus}
         capacity = slots
-    else:  # the Tune function only drives a TorchTrainer, whose workers take the resources
-        trial = {"cpu": 0.01}
-        capacity = max(1, slots // cfg.workers)
+    else:  # the Tune function only drives a TorchTrainer (0.01 CPU), whose workers take the resources
+        trial = {"cpu": DRIVER_CPU}
+        total_cpu = sum(n.get("CPU", 0) for n in nodes)
+        per_trial = cfg.workers * cpus + DRIVER_CPU
+        if total_cpu + 1e-9 < per_trial:
+            raise HashbenchError(
+                f"{cfg.source}: resources: a trial needs {cfg.workers} x {cpus:g} CPU for its workers plus "
+                f"{DRIVER_CPU} CPU for its driver, more than the cluster's {total_cpu:g} CPU ({described}); "
+                f"lower resources.cpus_per_worker or workers (a trial would wait forever)")
+        capacity = max(1, min(slots // cfg.workers, int(total_cpu // per_trial) if cpus > 0 else slots))
     if cfg.max_concurrent:
         capacity = min(capacity, cfg.max_concurrent)
     return Plan(gpus, trial, capacity)
