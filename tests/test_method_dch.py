@@ -14,15 +14,6 @@ from hashbench.platform.errors import HashbenchError
 from hashbench.platform.registry import Batch, ModelContext, get_method
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread spin on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ctx(channels=1, size=16, classes=3, bits=8, multi_label=False):
     return ModelContext(in_channels=channels, image_size=size, num_classes=classes, bits=bits,
                         multi_label=multi_label)

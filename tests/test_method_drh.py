@@ -16,15 +16,6 @@ from hashbench.platform.registry import Batch, ModelContext, get_method
 IDS = ("drh", "dph", "drh-nq", "drh-nb")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread spin on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _multi_hot(classes, num_classes):
     y = torch.zeros(len(classes), num_classes, dtype=torch.float64)
     for i, cs in enumerate(classes):

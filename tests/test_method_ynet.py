@@ -18,15 +18,6 @@ from hashbench.platform.registry import Batch, ModelContext, check_requirements,
 IDS = ("ynet", "ynet-no-fpn", "ynet-no-rmac", "ynet-ce")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _build(method_id, size=32, channels=1, classes=3, bits=16, **overrides):
     method = get_method(method_id)
     ctx = ModelContext(in_channels=channels, image_size=size, num_classes=classes, bits=bits)

@@ -114,13 +114,22 @@ def _tiny(mid, **kw):
         params=params, batch_size=8, epochs=2, **kw))
 
 
-if "tiny-test" not in __import__("hashbench.platform.registry", fromlist=["_REGISTRY"])._REGISTRY:
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_methods():
+    """Register the test-only methods for this module, and remove them afterwards."""
+    from hashbench.platform import registry
+
+    registry.list_methods()  # load the real methods first
+    saved = dict(registry._REGISTRY)
     _tiny("tiny-test")
     _tiny("tiny-float", code_type="float", distance="l2")
     _tiny("tiny-cb", sampler="class-balanced", extra=(Param("spc", 2, type="int", bounds=(1, None)),))
     _tiny("tiny-masks", requires=Requirements(masks=True))
     _tiny("tiny-single", requires=Requirements(multi_label=False, min_image_size=16))
     _tiny("tiny-2stage", finalize=_finalize)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
 
 
 # --------------------------------------------------------------------------- tiny stores
@@ -154,14 +163,6 @@ def cfg_for(store, tmp_path, **kw):
                 device="cpu", eval_ks=(10, 100))
     base.update(kw)
     return TrainConfig(**base)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- config validation
@@ -422,6 +423,24 @@ def test_finalize_sees_the_train_split_and_its_changes_are_saved(store, tmp_path
     assert len(FINALIZE_CALLS) == 1 and sorted(FINALIZE_CALLS[0].tolist()) == list(range(48))
     state = torch.load(os.path.join(res.run_dir, "model.pt"), weights_only=True)
     assert torch.all(state["offset"] == 0.25)
+    # the selection metric is measured with the fitted (finalized) hash function
+    from hashbench.platform.data import load_dataset
+    from hashbench.platform.evaluation import evaluate
+    from hashbench.platform.registry import ModelContext
+
+    ds = load_dataset(store)
+    ctx = ModelContext(in_channels=ds.channels, image_size=ds.image_size, num_classes=ds.num_classes, bits=8)
+    model = TinyNet(ctx)
+    model.load_state_dict(state)
+    model.eval()
+    val = ds.indices("val")
+    with torch.no_grad():
+        z = model.encode(torch.from_numpy(np.asarray(ds.images[val])).float() / 255)
+    q = torch.where(z >= 0, 1, -1).numpy()
+    codes = np.load(os.path.join(res.run_dir, "codes.npz"))
+    ref = evaluate(q, codes["db_codes"], np.asarray(ds.labels[val]).argmax(1), codes["db_labels"].argmax(1),
+                   ks=(100,))
+    assert res.metrics["val_mAP@100"] == pytest.approx(ref["mAP@100"])
 
 
 def test_fit_with_a_custom_session_reports_every_epoch_with_a_checkpoint(store, tmp_path):

@@ -319,6 +319,11 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         eval_s = time.perf_counter() - t3
         protocol = dict(res.get("protocol", {}))
         metrics = {"val_mAP@100": st["best"]}
+        if method.finalize is not None:  # two-stage: select on the fitted hash function, not the proxy
+            val_q = encode_split(model, val, cfg.eval_batch_size, method.code_type, use_amp)
+            res_v = _evaluate(val_q, db_codes, val.labels.cpu(), train.labels.cpu(), method, (100,), device,
+                              ds.multi_label)
+            metrics["val_mAP@100"] = float(res_v["mAP@100"])
         metrics.update({f"test_{k}": float(v) for k, v in res.items()
                         if k != "protocol" and isinstance(v, (int, float, np.floating, np.integer))})
         if method.also_binary:  # the float codes sign-binarised, compared by Hamming distance at equal bits
