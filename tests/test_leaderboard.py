@@ -162,7 +162,10 @@ def test_leaderboard_cli_formats_and_filters(tmp_path, capsys):
     assert out[0].startswith("method,dataset,bits") and len(out) == 2 and out[1].startswith("drh,")
     assert main(["leaderboard", "--dir", str(tmp_path), "--bits", "16", "--format", "markdown"]) == 0
     md = capsys.readouterr().out.splitlines()
-    assert md[0].startswith("| method |") and len(md) == 3 and "| dch |" in md[2]
+    assert md[0].startswith("| method |") and len(md) == 4 and "| dch |" in md[2]
+    row = lb.read_leaderboard(tmp_path).filter(pl.col("bits") == 16).row(0, named=True)
+    assert md[3].startswith("protocol: ") and f"mAP convention {row['metric_convention']}" in md[3]
+    assert f"ties {row['tie_policy']}" in md[3] and "queries = test split" in md[3]
     assert main(["leaderboard", "--dir", str(tmp_path), "--format", "latex"]) == 0
     tex = capsys.readouterr().out
     assert r"\begin{tabular}" in tex and r"test\_mAP@100" in tex

@@ -73,7 +73,21 @@ def run(args) -> int:
     if args.format in ("table", "markdown", "latex") and "n_seeds" in view.columns:
         view = with_seed_text(view)
     print(render(view, args.format))
+    if args.format in ("table", "markdown", "latex"):
+        for line in protocol_lines(df.filter(df["run_id"].is_in(view["run_id"].to_list()))):
+            print(line)
     return 0
+
+
+def protocol_lines(df) -> list:
+    """One line per distinct evaluation protocol of the rows shown, so every number states its protocol."""
+    cols = ["metric_convention", "tie_policy", "no_hit_policy", "distance"]
+    out = []
+    for r in df.select(cols).unique().sort(cols, nulls_last=True).iter_rows(named=True):
+        out.append(f"protocol: mAP convention {r['metric_convention']}, ties {r['tie_policy']}, "
+                   f"no-hit queries {r['no_hit_policy']}, distance {r['distance']}; "
+                   f"queries = test split, database = train split, selection on val (docs/protocol.md)")
+    return out
 
 
 def with_seed_text(view):
