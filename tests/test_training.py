@@ -334,6 +334,11 @@ def test_fit_writes_a_complete_run_dir_and_metrics_match_the_codes(store, tmp_pa
                      codes["db_labels"].argmax(1), ks=(10, 100))
     assert res.metrics["test_mAP@10"] == pytest.approx(again["mAP@10"], abs=1e-12)
     assert res.protocol == again["protocol"]
+    curve = evaluate(codes["query_codes"], codes["db_codes"], codes["query_labels"].argmax(1),
+                     codes["db_labels"].argmax(1), ks=(10,), pr_curve=True)["pr_curve"]
+    assert res.metrics["pr_curve"] == json.loads(json.dumps(curve, default=lambda a: np.asarray(a).tolist()))
+    saved = json.load(open(os.path.join(res.run_dir, "metrics.json")))
+    assert saved["metrics"]["pr_curve"] == res.metrics["pr_curve"]
     ref = brute_map_at_k(codes["query_codes"], codes["db_codes"], codes["query_labels"].astype(bool),
                          codes["db_labels"].astype(bool), 10)
     by_index = evaluate(codes["query_codes"], codes["db_codes"], codes["query_labels"], codes["db_labels"],

@@ -107,7 +107,7 @@ def encode_split(model, split: SplitData, batch_size: int, code_type: str, autoc
 
 
 def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_label: bool,
-              distance: Optional[str] = None) -> dict:
+              distance: Optional[str] = None, **kw) -> dict:
     """``evaluate`` with the method's distance; labels as class ids for single-label data."""
     from hashbench.platform.evaluation import evaluate
 
@@ -117,7 +117,20 @@ def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_
     else:
         q_labels, db_labels = q_labels.argmax(1).numpy(), db_labels.argmax(1).numpy()
     return evaluate(q_codes, db_codes, q_labels, db_labels, distance=distance or method.distance, ks=ks,
-                    device=str(device) if device.type == "cuda" else None)
+                    device=str(device) if device.type == "cuda" else None, **kw)
+
+
+def _jsonable(value):
+    """Numpy arrays and scalars inside ``value`` as plain lists and floats (for JSON and Ray reports)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
 
 
 def _float_out(out: dict) -> dict:
@@ -315,7 +328,7 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         encode_s = time.perf_counter() - t2
         t3 = time.perf_counter()
         res = _evaluate(q_codes, db_codes, test.labels.cpu(), train.labels.cpu(), method, cfg.eval_ks, device,
-                        ds.multi_label)
+                        ds.multi_label, pr_curve=True)
         eval_s = time.perf_counter() - t3
         protocol = dict(res.get("protocol", {}))
         metrics = {"val_mAP@100": st["best"]}
@@ -326,6 +339,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
             metrics["val_mAP@100"] = float(res_v["mAP@100"])
         metrics.update({f"test_{k}": float(v) for k, v in res.items()
                         if k != "protocol" and isinstance(v, (int, float, np.floating, np.integer))})
+        if res.get("pr_curve") is not None:  # the test queries' precision-recall points (dashboard curves)
+            metrics["pr_curve"] = _jsonable(res["pr_curve"])
         if method.also_binary:  # the float codes sign-binarised, compared by Hamming distance at equal bits
             signed = torch.where(q_codes >= 0, 1, -1).to(torch.int8), torch.where(db_codes >= 0, 1, -1).to(torch.int8)
             res_b = _evaluate(signed[0], signed[1], test.labels.cpu(), train.labels.cpu(), method, cfg.eval_ks,
