@@ -132,6 +132,7 @@ def test_cli_parses_and_scopes_params():
     import argparse
 
     from hashbench.platform.cli import fewshot_cmd
+    from hashbench.platform.cli.train_cmd import parse_pairs
 
     parser = argparse.ArgumentParser()
     fewshot_cmd.add_parser(parser.add_subparsers())
@@ -140,7 +141,7 @@ def test_cli_parses_and_scopes_params():
     assert args.methods == ["constellation", "triplet"] and args.shots == 20 and args.repeats == 10
     assert fewshot_cmd._params(args.params, "constellation") == {"spc": "5", "K": "7"}
     assert fewshot_cmd._params(args.params, "triplet") == {"spc": "5"}
-    assert fewshot_cmd._augment(args.augment) == {"enabled": "false"}
+    assert parse_pairs(args.augment, "--augment") == {"enabled": "false"}
     with pytest.raises(HashbenchError, match="KEY=VALUE"):
         fewshot_cmd._params(["nonsense"], "triplet")
     a = FewShotConfig(method="constellation", dataset="d", params={"K": "7"})

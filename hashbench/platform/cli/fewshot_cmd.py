@@ -49,25 +49,14 @@ def _params(items: list, method: str) -> dict:
     return out
 
 
-def _augment(items: list) -> dict:
-    from hashbench.platform.errors import HashbenchError
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise HashbenchError(f"--augment {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def run(args) -> int:
+    from hashbench.platform.cli.train_cmd import parse_pairs
     from hashbench.platform.fewshot import METRICS, FewShotConfig, run_fewshot
 
     configs = [FewShotConfig(method=m, dataset=args.dataset, bits=args.bits, shots=args.shots,
                              repeats=args.repeats, knn_k=args.knn_k, seed=args.seed, epochs=args.epochs,
                              batch_size=args.batch_size, params=_params(args.params, m),
-                             augment=_augment(args.augment), device=args.device, out_dir=args.out)
+                             augment=parse_pairs(args.augment, "--augment"), device=args.device, out_dir=args.out)
                for m in args.methods]
     results = []
     for cfg in configs:

@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _pairs(items: list, flag: str) -> dict:
+def parse_pairs(items: list, flag: str) -> dict:
+    """``KEY=VALUE`` command-line items as a dict; a malformed item names ``flag`` in the error."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -61,9 +62,9 @@ def run(args) -> int:
 
     cfg = TrainConfig(
         method=args.method, dataset=args.dataset, bits=args.bits, epochs=args.epochs,
-        params=_pairs(args.params, "--set"), batch_size=args.batch_size, workers=args.workers,
+        params=parse_pairs(args.params, "--set"), batch_size=args.batch_size, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, seed=args.seed,
-        out_dir=args.out, run_name=args.run_name, augment=_pairs(args.augment, "--augment"),
+        out_dir=args.out, run_name=args.run_name, augment=parse_pairs(args.augment, "--augment"),
         patience=args.patience, max_failures=args.max_failures, storage_path=args.storage_path,
         device=args.device, compile=args.compile)
     bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} {cfg.dataset_name} {cfg.bits}b", unit="epoch",
