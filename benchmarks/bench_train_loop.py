@@ -14,7 +14,10 @@ Needs only torch, numpy and pillow (plus hashbench on PYTHONPATH); no Ray.
 
     python benchmarks/bench_train_loop.py --device cuda --dataset pneumoniamnist --epochs 2
     python benchmarks/bench_train_loop.py --device cuda --method drh --set depth=34 --batch-size 128
-    python benchmarks/bench_train_loop.py --device cuda --compile reduce-overhead   # CUDA graphs, both loops
+    python benchmarks/bench_train_loop.py --device cuda --compile reduce-overhead   # torch.compile, both loops
+
+On CUDA hashbench's loop captures the whole step as one CUDA graph (methods that allow it); the
+same loop is also run once without it (``--no-eager`` skips that) to show what the graph adds.
 """
 
 from __future__ import annotations
@@ -143,6 +146,10 @@ def conventional(cfg, ds, device: torch.device, workers: int) -> list:
     return times
 
 
+_INIT_FIELDS = ("method", "dataset", "bits", "epochs", "params", "batch_size", "out_dir", "device", "compile",
+                "augment", "seed")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -156,6 +163,7 @@ def main(argv=None) -> int:
                    help="DataLoader worker processes of the conventional loop")
     p.add_argument("--compile", choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile the model's training forward in both loops")
+    p.add_argument("--no-eager", action="store_true", help="skip the extra run of hashbench's loop without graphs")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -175,6 +183,11 @@ def main(argv=None) -> int:
         with GpuBusy(device) as busy_hb:
             res = fit(cfg, LocalSession(None, device=args.device))
         hb = [h["train_s"] for h in res.history]
+        eager_res = None
+        if device.type == "cuda" and not args.no_eager:   # the same loop without the CUDA graph
+            eager_cfg = TrainConfig(**{**{k: getattr(cfg, k) for k in _INIT_FIELDS}, "cuda_graph": False,
+                                       "run_name": "eager"})
+            eager_res = fit(eager_cfg, LocalSession(None, device=args.device))
     finally:
         shutil.rmtree(out, ignore_errors=True)
     n = len(ds.indices("train"))
@@ -186,7 +199,13 @@ def main(argv=None) -> int:
         "conventional_images_per_s": n / conv[-1], "hashbench_images_per_s": res.history[-1]["train_images_per_s"],
         "gpu_busy_pct_conventional": busy_conv.mean, "gpu_busy_pct_hashbench_run": busy_hb.mean,
         "hashbench_test_mAP@100": res.metrics.get("test_mAP@100"),
+        "cuda_graph": bool(res.history[-1].get("cuda_graph", False)),
+        "loss_last_epoch": res.history[-1].get("loss"),
     }
+    if eager_res is not None:
+        report.update({"hashbench_eager_epoch_s": [h["train_s"] for h in eager_res.history],
+                       "hashbench_eager_test_mAP@100": eager_res.metrics.get("test_mAP@100"),
+                       "eager_loss_last_epoch": eager_res.history[-1].get("loss")})
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -196,6 +215,13 @@ def main(argv=None) -> int:
               f"{' / '.join(f'{t:.2f}' for t in conv)} s per epoch, {report['conventional_images_per_s']:.0f} images/s")
         print(f"  hashbench (device-resident data + augmentation): "
               f"{' / '.join(f'{t:.2f}' for t in hb)} s per epoch, {report['hashbench_images_per_s']:.0f} images/s")
+        print(f"    CUDA graph used: {report['cuda_graph']}; test mAP@100 {report['hashbench_test_mAP@100']:.4f}, "
+              f"last-epoch loss {report['loss_last_epoch']:.4f}")
+        if eager_res is not None:
+            eg = report["hashbench_eager_epoch_s"]
+            print(f"  hashbench without the CUDA graph: {' / '.join(f'{t:.2f}' for t in eg)} s per epoch "
+                  f"({conv[-1] / eg[-1]:.1f}x), test mAP@100 {report['hashbench_eager_test_mAP@100']:.4f}, "
+                  f"last-epoch loss {report['eager_loss_last_epoch']:.4f}")
         print(f"  speed-up (last epoch): {report['speedup_last_epoch']:.1f}x")
         if busy_hb.mean is not None:
             print(f"  GPU busy: conventional {busy_conv.mean:.0f}%, hashbench run {busy_hb.mean:.0f}% (nvidia-smi)")

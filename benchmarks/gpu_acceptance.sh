@@ -4,11 +4,13 @@
 #   bash benchmarks/gpu_acceptance.sh speed      # evaluation + training-loop benchmarks, busi matrix
 #   bash benchmarks/gpu_acceptance.sh chula      # the hashing methods on chula_rbc12 patches
 #   bash benchmarks/gpu_acceptance.sh metric     # the metric-learning methods (issue 5)
+#   bash benchmarks/gpu_acceptance.sh loop       # evaluation + training-loop benchmarks (CUDA graphs)
+#   bash benchmarks/gpu_acceptance.sh packing    # trials/h at 1, 0.25, 0.125 GPU per trial (SHARES=...)
 # Results go to ${OUT:-out}/ (tables as markdown, JSON beside them).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-stage=${1:?stage: speed | chula | metric}
+stage=${1:?stage: speed | loop | packing | chula | metric}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -lms 1000 > "$OUT/util_$stage.csv" &
 smi=$!
@@ -21,6 +23,17 @@ case $stage in
     python benchmarks/bench_train_loop.py --device cuda --method drh --set depth=34 --dataset pneumoniamnist --epochs 2 2>&1 | tee "$OUT/bench_train_drh34.md"
     python benchmarks/train_matrix.py --methods $HASH --datasets busi --bits 16,32,64 --epochs ${EPOCHS:-15} \
         --device cuda --out /tmp/runs --json-out "$OUT/matrix_busi.json" 2>&1 | tee "$OUT/matrix_busi.md"
+    ;;
+  loop)   # session 2: level-select GPU evaluation, CUDA-graph training step
+    python benchmarks/bench_eval.py --device cuda --ref-queries 20 2>&1 | tee "$OUT/bench_eval_cuda.md"
+    for spec in "dch pneumoniamnist" "drh pneumoniamnist --set depth=34" "dch busi" "drh busi --set depth=34"; do
+      set -- $spec
+      python benchmarks/bench_train_loop.py --device cuda --method $1 --dataset $2 "${@:3}" --epochs 3 2>&1 \
+        | tee -a "$OUT/bench_train_loop.md"
+    done
+    ;;
+  packing)
+    python benchmarks/bench_packing.py --shares ${SHARES:-1,0.25,0.125} 2>&1 | tee "$OUT/bench_packing.md"
     ;;
   chula)
     python benchmarks/train_matrix.py --methods $HASH --datasets chula_rbc12 --bits 16,32,64 --epochs ${EPOCHS:-3} \

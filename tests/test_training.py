@@ -188,6 +188,7 @@ def cfg_for(store, tmp_path, **kw):
     (dict(device="tpu"), "device 'tpu'"),
     (dict(run_name="../escape"), "run_name"),
     (dict(compile="fast"), "compile 'fast'"),
+    (dict(cuda_graph="yes"), "cuda_graph 'yes'"),
     (dict(gpus_per_worker=-1), "gpus_per_worker"),
     (dict(cpus_per_worker=0, gpus_per_worker=0), "both 0"),
 ])
@@ -536,3 +537,19 @@ def test_also_binary_evaluates_sign_codes_with_hamming(store, tmp_path, monkeypa
                    ks=(10, 100, 1000, "all"))
     for k in ("mAP@10", "mAP@100", "mAP@all"):
         assert res.metrics[f"test_sign_{k}"] == pytest.approx(ref[k])
+
+
+# --------------------------------------------------------------------------- CUDA-graph eligibility
+
+def test_methods_declare_whether_their_step_can_be_a_cuda_graph():
+    dch, drh = get_method("dch"), get_method("drh")
+    assert dch.graph_safe(dch.resolve())                                  # pure tensor step
+    assert not dch.graph_safe(dch.resolve({"pretrain_epochs": 2}))        # reads an epoch counter
+    assert all(get_method(m).graph_safe(get_method(m).resolve()) for m in ("drh", "dph", "drh-nq", "drh-nb"))
+    assert not get_method("jtanet").graph_safe(get_method("jtanet").resolve())   # not declared: eager
+    assert drh.describe()["cuda_graph"] is True and get_method("jtanet").describe()["cuda_graph"] is False
+
+
+def test_cpu_runs_never_use_a_cuda_graph(store, tmp_path):
+    res = fit(cfg_for(store, tmp_path, epochs=1), LocalSession(None, device="cpu"))
+    assert "cuda_graph" not in res.history[0]

@@ -185,4 +185,5 @@ register(Method(
         Param("lbe_bn", True, type="bool", help="batch norm before the LBE tanh (Table I)"),
     ),
     code_type="binary", distance="hamming", batch_size=32, epochs=200,
+    cuda_graph=lambda hp: hp["pretrain_epochs"] == 0,   # the pre-training switch reads an epoch counter
     requires=Requirements(labels=True, multi_label=True, min_image_size=8)))

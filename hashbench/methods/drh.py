@@ -191,7 +191,8 @@ def _register(mid: str, summary: str, *, residual: bool, hashing_losses: bool, f
         build_model=build_model, build_loss=build_loss, build_optimizer=_build_sgd,
         build_scheduler=_build_plateau, params=_network_params() + lambdas,
         code_type="float" if float_codes else "binary", distance="l2" if float_codes else "hamming",
-        batch_size=128, epochs=100, requires=Requirements(labels=True, multi_label=True, min_image_size=8)))
+        batch_size=128, epochs=100, cuda_graph=True,
+        requires=Requirements(labels=True, multi_label=True, min_image_size=8)))
 
 
 _register("drh", "Deep Residual Hashing: ResNet + tanh hash layer, NCA retrieval loss + quantization, "

@@ -178,6 +178,9 @@ class Method:
     paper: str = ""
     family: str = ""
     also_binary: bool = False  # float methods: also evaluate sign(codes) by Hamming distance at equal bits
+    #: the training step may be captured as one CUDA graph (no host sync, no data-dependent shapes, no
+    #: Python state that changes between steps): True/False, or a function of the hyperparameters
+    cuda_graph: Any = False
 
     def __post_init__(self):
         if not self.id or not all(c.isalnum() or c in "-_" for c in self.id):
@@ -195,6 +198,10 @@ class Method:
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"method {self.id!r}: duplicate parameter names in {names}")
+
+    def graph_safe(self, hp: dict) -> bool:
+        """Whether the training step with hyperparameters ``hp`` may be captured as a CUDA graph."""
+        return bool(self.cuda_graph(hp) if callable(self.cuda_graph) else self.cuda_graph)
 
     @property
     def param_map(self) -> dict:
@@ -227,6 +234,7 @@ class Method:
             "requires": dataclasses.asdict(self.requires),
             "params": [p.describe() for p in self.params],
             "two_stage": self.finalize is not None, "also_binary": self.also_binary,
+            "cuda_graph": self.graph_safe(self.defaults()),
         }
 
 

@@ -40,6 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile the training forward (mode: default, reduce-overhead = CUDA graphs, "
                         "max-autotune)")
+    p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                   help="run every training step eagerly (default: one CUDA graph per step on a single GPU "
+                        "for methods that allow it)")
     p.add_argument("--json", action="store_true", help="print the final metrics and configuration as JSON")
     p.set_defaults(func=run)
 
@@ -66,7 +69,7 @@ def run(args) -> int:
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, seed=args.seed,
         out_dir=args.out, run_name=args.run_name, augment=parse_pairs(args.augment, "--augment"),
         patience=args.patience, max_failures=args.max_failures, storage_path=args.storage_path,
-        device=args.device, compile=args.compile)
+        device=args.device, compile=args.compile, cuda_graph=args.cuda_graph)
     bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} {cfg.dataset_name} {cfg.bits}b", unit="epoch",
                file=sys.stderr, dynamic_ncols=True)
 

@@ -88,7 +88,9 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
 
     On CPU the torch arithmetic runs single-threaded (restored afterwards): it is memory-bound
     bookkeeping, and multi-threaded small ops stall on a busy machine (measured 100x slower);
-    the heavy parts run in faiss / numpy kernels.
+    the heavy parts run in faiss / numpy kernels, or in the numba kernels of ``cpu_kernels``
+    (parallel over queries) for exact Hamming evaluation of at least ``engines.KERNEL_MIN_PAIRS``
+    query-item pairs.
     """
     dev = resolve_device(device, query_codes, db_codes)
     if dev.type != "cpu":
@@ -126,6 +128,11 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
                              f"policy evaluates; pass ties='index'")
     eng = build_engine(eng_name, prep)
     chunk = _chunk_size(prep, chunk_size)
+    # exact Hamming on the CPU: numba kernels give the index-tie sums without a ranking and the
+    # histograms without a (queries, N) relevance matrix; their memory does not grow with N, so
+    # they take larger query chunks
+    kernels = eng_name == "faiss" and eng.kernels_usable(n_q)
+    step = max(chunk, 4096) if kernels and not chunk_size else chunk
 
     R_all = relevant_counts(prep, chunk)
     kvec = torch.tensor([k for _, k in cutoffs], device=dev, dtype=torch.int64)
@@ -141,21 +148,25 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
     if grouped and not prep.binary:
         depth = n_db
     harm = M.harmonic_table(n_db, dev) if grouped else None
-    labels_np = _compact_labels(prep) if dev.type == "cpu" and not grouped else None
+    labels_np = _compact_labels(prep) if dev.type == "cpu" and not grouped and not kernels else None
 
     per = {name: [] for name in ("hits", "ap", "p", "r", "mapr", "rprec", "hr_prec", "hr_n",
                                  "pr_p", "pr_r", "pr_n")}
-    for s in range(0, n_q, chunk):
-        qc = prep.query[s:s + chunk]
-        qlc = prep.query_labels[s:s + chunk]
-        R = R_all[s:s + chunk]
+    for s in range(0, n_q, step):
+        qc = prep.query[s:s + step]
+        qlc = prep.query_labels[s:s + step]
+        R = R_all[s:s + step]
         nq = qc.shape[0]
         cut = kvec.unsqueeze(0).expand(nq, -1)
         if map_at_r:
             cut = torch.cat([cut, R.to(torch.int64).unsqueeze(1)], 1)
         n = r = None
-        if truncated:
+        if kernels and not grouped:
+            hits, S, ap_hits, n, r = eng.ranked_sums(qc, qlc, cut)
+        elif truncated:
             n, r = eng.truncated_histograms(qc, _relevance_of(prep, qlc), int(kvec.max()))
+        elif want_hist and kernels:
+            n, r = eng.label_histograms(qc, qlc)
         elif want_hist:
             n, r = eng.histograms(qc, relevance(qlc, prep.db_labels))
         if grouped:
@@ -163,7 +174,7 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
                 ids, dist = eng.ranking(qc, n_db)
                 n, r = float_groups(dist, _gather_relevance(prep, qlc, ids))
             hits, S, ap_hits = M.grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits")
-        else:
+        elif not kernels:
             ids, _ = eng.ranking(qc, depth, with_dist=False)
             cut_d = cut.clamp_max(depth)
             if dev.type == "cpu":
@@ -278,6 +289,13 @@ def _relevance_of(prep: Prepared, qlc: torch.Tensor):
     def rel_of(ids):
         return relevance(qlc, prep.db_labels) if ids is None else _gather_relevance(prep, qlc, ids)
     rel_of.labels = (qlc, prep.db_labels) if qlc.dim() == 1 else None   # class ids: fusable
+
+    def pairs(rows, cols):
+        """Relevance of the listed (query row, database item) pairs."""
+        if qlc.dim() == 1:
+            return qlc[rows] == prep.db_labels[cols]
+        return (qlc[rows] & prep.db_labels[cols]).any(1)
+    rel_of.pairs = pairs
     return rel_of
 
 

@@ -9,15 +9,20 @@ An engine is built once per evaluation from the database and answers, for a chun
 * ``distances(q)`` -> (nq, N) distances to the whole database.
 
 torch: Hamming through a +-1 matrix product (float16 on CUDA, exact for up to 2048 bits; float32
-on CPU), ranking by ``topk`` / ``sort`` on the unique key ``dist * N + index``; and
-``truncated_histograms`` (one product, one ``topk``, one counting pass) for tie-aware cut-offs.
+on CPU); top-k rankings and ``truncated_histograms`` (tie-aware cut-offs) by locating the k-th
+distance level with a few counting passes, no sort of the whole row (:mod:`level_select`); full
+rankings by ``sort`` on the unique key ``dist * N + index``.
 faiss: ``IndexBinaryFlat`` (counting search) / ``IndexFlatL2`` / ``IndexFlatIP`` (faiss-gpu for
 float codes when installed and the device is CUDA); long Hamming rankings and histograms come from
-numpy kernels (XOR + popcount, stable radix ``argsort``, ``bincount``) in the same order.
+numpy kernels (XOR + popcount, stable radix ``argsort``, ``bincount``) in the same order. For exact
+Hamming evaluation on the CPU, ``ranked_sums`` and ``label_histograms`` run the numba kernels of
+:mod:`hashbench.platform.evaluation.cpu_kernels` (no sort, no (queries, N) temporary) when
+:meth:`FaissEngine.kernels_usable` says so; otherwise callers keep the numpy path.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 
@@ -26,9 +31,17 @@ import torch
 
 from hashbench.platform.errors import HashbenchError
 from hashbench.platform.evaluation.inputs import Prepared
+from hashbench.platform.evaluation.level_select import level_histograms, level_ranking
 
 APPROXIMATE = ("faiss-hnsw", "faiss-ivf")
 ENGINES = ("auto", "torch", "faiss") + APPROXIMATE
+
+# numba CPU kernels: off with HASHBENCH_EVAL_NUMBA=0 (or by setting this flag, as the tests do);
+# below KERNEL_MIN_PAIRS query-item pairs the numpy path is used, as it beats loading the compiled
+# kernels (about 0.3 s once per process from numba's cache, several seconds the very first time).
+CPU_KERNELS = os.environ.get("HASHBENCH_EVAL_NUMBA", "1") != "0"
+KERNEL_MIN_PAIRS = 2 ** 24
+_kernels: dict = {}
 
 
 def faiss_available() -> bool:
@@ -86,24 +99,16 @@ class TorchEngine:
 
     def truncated_histograms(self, q: torch.Tensor, rel_of, k: int):
         """Histograms exact for every distance up to the k-th smallest one (later buckets are 0):
-        enough for any cut-off <= k. One matrix product, one ``topk`` and one counting pass, no
-        device-to-host transfer. ``rel_of(ids)`` gives the relevance of database items ``ids``."""
+        enough for any cut-off <= k. One matrix product and a few counting passes over it, no sort
+        and no ``topk`` (see :mod:`level_select`). ``rel_of`` gives relevance (``rel_of.pairs``)."""
         dot = (q.to(self.dtype) * 2 - 1) @ self.db.T
-        vals, ids = torch.topk(dot, k, dim=1, largest=True, sorted=False)
-        thr = vals.min(1, keepdim=True).values                     # the k-th largest product
-        dist = ((self.bits - vals.to(torch.float32)) * 0.5).long()
-        inside = (vals > thr).to(torch.float64)
-        rel_top = rel_of(ids).to(torch.float64) * inside
-        width = self.bits + 1
-        n = torch.zeros(q.shape[0], width, dtype=torch.float64, device=q.device).scatter_add_(1, dist, inside)
-        r = torch.zeros_like(n).scatter_add_(1, dist, rel_top)
-        d_star = ((self.bits - thr.to(torch.float32)) * 0.5).long()
-        n_star, r_star = boundary_counts(dot, thr, rel_of)          # the bucket that straddles k
-        n.scatter_(1, d_star, n_star.to(torch.float64).unsqueeze(1))
-        r.scatter_(1, d_star, r_star.to(torch.float64).unsqueeze(1))
-        return n, r
+        return level_histograms(dot, self.bits, k, rel_of.pairs,
+                                lambda d, thr: boundary_counts(d, thr, rel_of))
 
     def ranking(self, q: torch.Tensor, k: int, with_dist: bool = True):
+        if self.distance == "hamming" and k < self.n:
+            ids, dist = level_ranking((q.to(self.dtype) * 2 - 1) @ self.db.T, self.bits, k)
+            return ids, dist.to(torch.int32)
         d = self.distances(q)
         if self.distance == "hamming":
             key = d.to(self.key_dtype) * self.n + self.arange
@@ -146,6 +151,19 @@ def boundary_counts(dot: torch.Tensor, thr: torch.Tensor, rel_of):
     return at.sum(1), (at & rel_of(None)).sum(1)
 
 
+def cpu_kernels():
+    """The :mod:`~hashbench.platform.evaluation.cpu_kernels` module, or None when numba cannot be
+    imported (warned once); imported on first use so that numba loads only when needed."""
+    if "module" not in _kernels:
+        try:
+            module = importlib.import_module("hashbench.platform.evaluation.cpu_kernels")
+        except Exception as exc:  # noqa: BLE001 - no numba (or a broken one): the numpy path is exact too
+            warnings.warn(f"numba CPU kernels unavailable ({type(exc).__name__}: {exc}); using numpy")
+            module = None
+        _kernels["module"] = module
+    return _kernels["module"]
+
+
 def _popcount_u8(x: np.ndarray) -> np.ndarray:
     if hasattr(np, "bitwise_count"):
         return np.bitwise_count(x)
@@ -166,6 +184,7 @@ class FaissEngine:
         self.device = prep.db.device
         self.approximate = kind in APPROXIMATE
         db = prep.db.cpu().numpy()
+        self._db01, self._db_labels, self._packed = db, prep.db_labels, None
         if prep.binary:
             self.bits = prep.dim
             self.db_packed = np.packbits(db, axis=1)
@@ -247,6 +266,37 @@ class FaissEngine:
         c = np.bincount(key.ravel(), minlength=nq * 2 * width).reshape(nq, 2, width)
         c = torch.from_numpy(c).to(self.device, torch.float64)
         return c.sum(1), c[:, 1]
+
+    def kernels_usable(self, n_queries: int) -> bool:
+        """Whether :meth:`ranked_sums` / :meth:`label_histograms` can serve ``n_queries`` queries:
+        exact Hamming search on the CPU, ``CPU_KERNELS`` on, numba importable, and at least
+        ``KERNEL_MIN_PAIRS`` query-item pairs."""
+        if self.distance != "hamming" or self.approximate or self.device.type != "cpu" or not CPU_KERNELS:
+            return False
+        if n_queries * self.n < KERNEL_MIN_PAIRS:
+            return False
+        module = cpu_kernels()
+        return module is not None and self.bits <= module.MAX_BITS
+
+    def _kernel_db(self):
+        if self._packed is None:
+            self._packed = cpu_kernels().PackedDatabase(self._db01, self._db_labels.cpu().numpy())
+        return self._packed
+
+    def ranked_sums(self, q: torch.Tensor, q_labels: torch.Tensor, cutoffs: torch.Tensor):
+        """numba: ``hits, S, ap_hits`` (q, m) float64 of the ranking by (distance, index) at per-query
+        ``cutoffs`` (q, m) - what ``metrics.ranked_sums`` gives for ``ranking(q, N)`` - and the
+        histograms ``n, r`` (q, bits+1) of :meth:`label_histograms`, which come for free."""
+        hits, s, n, r = self._kernel_db().ranked_sums(q.cpu().numpy(), q_labels.cpu().numpy(),
+                                                       cutoffs.cpu().numpy())
+        ap = np.divide(s, hits, out=np.zeros_like(s), where=hits > 0)
+        return tuple(torch.from_numpy(x).to(self.device, torch.float64) for x in (hits, s, ap, n, r))
+
+    def label_histograms(self, q: torch.Tensor, q_labels: torch.Tensor):
+        """numba: (q, bits+1) float64 counts of all / relevant items per distance, relevance taken
+        from the labels (no (q, N) relevance matrix)."""
+        n, r = self._kernel_db().histograms(q.cpu().numpy(), q_labels.cpu().numpy())
+        return torch.from_numpy(n).to(self.device, torch.float64), torch.from_numpy(r).to(self.device, torch.float64)
 
 
 def hamming_histograms(d: torch.Tensor, rel: torch.Tensor, bits: int):

@@ -63,6 +63,8 @@ class TrainConfig:
     ``device``: ``"cpu"``, ``"cuda"`` or None (a GPU when there is one) for in-process runs;
     Ray Train workers use the device Ray gives them. ``compile``: a ``torch.compile`` mode
     (``default``, ``reduce-overhead``, ``max-autotune``) for the training forward, or None.
+    ``cuda_graph``: on a single GPU, capture the whole training step as one CUDA graph when the
+    method allows it (``Method.cuda_graph``; see ``training/graphed.py``).
     """
 
     method: str
@@ -85,6 +87,7 @@ class TrainConfig:
     device: Optional[str] = None
     eval_batch_size: int = 1024
     compile: Optional[str] = None
+    cuda_graph: bool = True
     hp: dict = field(init=False, default_factory=dict)
     dataset_path: str = field(init=False, default="")
     dataset_fingerprint: str = field(init=False, default="")
@@ -111,6 +114,8 @@ class TrainConfig:
             raise HashbenchError(f"device {self.device!r}: expected 'cpu', 'cuda', 'cuda:N' or none (auto)")
         if self.compile not in COMPILE_MODES:
             raise HashbenchError(f"compile {self.compile!r}: expected one of {list(COMPILE_MODES)}")
+        if not isinstance(self.cuda_graph, bool):
+            raise HashbenchError(f"cuda_graph {self.cuda_graph!r}: expected true or false")
         if not isinstance(self.params, dict):
             raise HashbenchError(f"params must be a mapping of hyperparameter names to values, got {self.params!r}")
         self.hp = m.resolve(self.params)

@@ -27,6 +27,7 @@ from hashbench.platform.errors import HashbenchError
 from hashbench.platform.registry import ModelContext
 from hashbench.platform.training.batches import SplitData, class_balanced_plan, random_plan
 from hashbench.platform.training.config import TrainConfig
+from hashbench.platform.training.graphed import GraphedStep
 from hashbench.platform.training.session import Session
 
 STATE_FILE = "state.pt"
@@ -233,6 +234,12 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     if cfg.compile:
         net = torch.compile(net, mode=cfg.compile)  # the training forward; encoding stays eager
 
+    # one CUDA graph per training step: a single device, data on it, and a method whose step allows it
+    graphed = (cfg.cuda_graph and device.type == "cuda" and not distributed and not cfg.compile
+               and train.store_device == device and method.graph_safe(hp))
+    stepper = None
+    names: list = []  # the loss terms' names, in the order of each step's record row
+
     epochs = cfg.epochs
     while st["epoch"] < epochs and not st["stopped_early"]:
         epoch = st["epoch"]
@@ -250,20 +257,28 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         t0 = time.perf_counter()
         model.train()
         steps = mine.shape[0]
-        record = names = None  # (steps, terms): every loss term of every step, kept on the device
-        for step in range(steps):
-            batch = train.batch(mine[step], cfg.augment, aug_gen)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        record = None  # (steps, terms): every loss term of every step, kept on the device
+
+        def run_step(rows, zero_grad=True):
+            batch = train.batch(rows, cfg.augment, None if graphed else aug_gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp, cache_enabled=not graphed):
                 out = net(batch.images)
             terms = loss_fn(_float_out(out), batch, model)
-            optimizer.zero_grad(set_to_none=True)
+            if zero_grad:
+                optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
+            if not names:
+                names.extend(sorted(terms))
+            return torch.stack([torch.as_tensor(terms[k], device=device).detach().float() for k in names])
+
+        if graphed and stepper is None:
+            stepper = GraphedStep(run_step, optimizer, device)
+        for step in range(steps):
+            vec = stepper(mine[step]) if graphed else run_step(mine[step])
             if record is None:
-                names = sorted(terms)
                 record = torch.empty(steps, len(names), device=device)
-            record[step] = torch.stack([torch.as_tensor(terms[k], device=device).detach().float()
-                                        for k in names])
+            record[step] = vec
         bad = ~torch.isfinite(record[:, names.index("loss")])
         flag = torch.where(bad.any(), bad.long().argmax(), torch.full((), 2**62, device=device))
         packed = record.mean(0)
@@ -306,6 +321,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         lr = float(optimizer.param_groups[0]["lr"])
         row = {"epoch": epoch, "val_mAP@100": vmap, **loss_terms, "lr": lr,
                "train_s": train_s, "train_images_per_s": mine.numel() * world / max(train_s, 1e-9)}
+        if stepper is not None:
+            row["cuda_graph"] = stepper.failed is None and stepper.captures > 0
         st["history"].append(row)
         st["epoch"] = epoch + 1
         _report(session, rank, row, model, loss_fn, optimizer, scheduler, st, files=None)

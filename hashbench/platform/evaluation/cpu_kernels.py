@@ -1,0 +1,234 @@
+"""numba kernels for exact Hamming evaluation on the CPU: no sort, no (queries, N) temporary.
+
+:class:`PackedDatabase` packs the database once. Codes become ``uint64`` words (:func:`pack_codes`);
+the Hamming distance of two codes is the popcount of their XOR summed over the words (the zero
+padding XORs to 0). Labels become ``uint32`` rows: one compact class id per item (a query class no
+item has gets an id no item has), or multi-hot labels as bitmasks, relevant when ``a & b != 0`` in
+some word. The database is stored word-major, ``(W, N)``, so that the distance loop runs over
+contiguous items and vectorises.
+
+Per query, pass 1 writes ``2 * distance + relevant`` of every item into a buffer (``uint8`` up to
+127 bits, else ``uint16``) and counts the buffer values: items and relevant items per distance level.
+
+* :meth:`PackedDatabase.ranked_sums` - ``hits`` and ``S`` (the sum of the precision at each relevant
+  rank) at per-query cut-offs, for the ranking by (distance, database index): the "index" tie
+  policy, faiss's order. Exclusive prefix sums of the level counts give where each level starts in
+  the ranking (``off``) and how many relevant items precede it (``roff``); pass 2 walks the items
+  in index order with a counter per level, so the item at level ``b`` has rank ``off[b] + seen[b]``
+  (0-based) and, if relevant, relevant-rank ``roff[b] + rseen[b] + 1``; it adds
+  ``relevant-rank / (rank + 1)`` to ``S`` of every cut-off it falls before. Levels that start at or
+  after the largest cut-off are skipped.
+* :meth:`PackedDatabase.histograms` - the level counts alone (the tie-aware policy, ``P@H<=r`` and
+  the Hamming PR curve need nothing else).
+
+Both run in parallel over queries (numba ``prange``, numba's own thread pool: ``NUMBA_NUM_THREADS``)
+and are compiled on first use (about 11 s for the four signatures, once per machine): ``cache=True``
+stores the machine code in ``__pycache__`` (or ``NUMBA_CACHE_DIR``), so later processes only load it
+(about 0.3 s, plus 0.2 s to import numba). Importing this module raises ImportError when numba is
+missing; the engines then keep their numpy path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from hashbench.platform.errors import HashbenchError
+
+# SWAR popcount constants, as uint64 so that numba keeps the arithmetic in unsigned integers
+# (mixing uint64 with an int64 literal would promote to float64). LLVM turns the pattern into a
+# popcnt instruction.
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+_S1, _S2, _S4, _S56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
+_NONE = np.uint32(0)
+MAX_BITS = 32767          # 2 * distance + 1 must fit the uint16 buffer
+
+
+def pack_codes(codes01: np.ndarray) -> np.ndarray:
+    """(n, bits) {0,1} codes -> (n, ceil(bits / 64)) ``uint64`` words (zero padded)."""
+    return _pack_bits(codes01, 8).view(np.uint64)
+
+
+def _pack_bits(bits01: np.ndarray, word_bytes: int) -> np.ndarray:
+    packed = np.packbits(np.asarray(bits01, dtype=np.uint8), axis=1)
+    width = max(1, -(-packed.shape[1] // word_bytes)) * word_bytes
+    out = np.zeros((packed.shape[0], width), dtype=np.uint8)
+    out[:, :packed.shape[1]] = packed
+    return out
+
+
+def _class_ids(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(n, 1) uint32 rank of each label among the sorted ``classes``; ``classes.size`` if absent."""
+    ids = np.full(labels.shape, classes.size, dtype=np.int64)
+    if classes.size:
+        pos = np.searchsorted(classes, labels).clip(max=classes.size - 1)
+        ids = np.where(classes[pos] == labels, pos, classes.size)
+    return ids.astype(np.uint32).reshape(-1, 1)
+
+
+@njit(inline="always")
+def _popcount(x):
+    x = x - ((x >> _S1) & _M1)
+    x = (x & _M2) + ((x >> _S2) & _M2)
+    x = (x + (x >> _S4)) & _M4
+    return (x * _H01) >> _S56
+
+
+@njit(nogil=True, boundscheck=False)
+def _level_codes(qw, ql, i, db_t, dl_t, multi, buf, scratch):
+    """``buf[j] = 2 * hamming(query i, item j) + relevant(i, j)``, one item-contiguous loop per word."""
+    n = db_t.shape[1]
+    x = qw[i, 0]
+    for j in range(n):
+        buf[j] = _popcount(x ^ db_t[0, j])
+    for w in range(1, db_t.shape[0]):
+        x = qw[i, w]
+        for j in range(n):
+            buf[j] += _popcount(x ^ db_t[w, j])
+    y = ql[i, 0]
+    if not multi:
+        for j in range(n):
+            buf[j] = 2 * buf[j] + (dl_t[0, j] == y)
+        return
+    for j in range(n):
+        scratch[j] = (dl_t[0, j] & y) != _NONE
+    for w in range(1, dl_t.shape[0]):
+        y = ql[i, w]
+        for j in range(n):
+            scratch[j] |= (dl_t[w, j] & y) != _NONE
+    for j in range(n):
+        buf[j] = 2 * buf[j] + scratch[j]
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _count_levels(buf, i, n_out, r_out):
+    """Row ``i`` of the per-level counts of all (``n_out``) and relevant (``r_out``) items from the
+    per-item values ``buf`` = 2 * level + relevant."""
+    width = n_out.shape[1]
+    cnt = np.zeros(2 * width, dtype=np.int64)              # cnt[2b] non-relevant, cnt[2b+1] relevant
+    for j in range(buf.shape[0]):
+        cnt[buf[j]] += 1
+    for b in range(width):
+        n_out[i, b] = cnt[2 * b] + cnt[2 * b + 1]
+        r_out[i, b] = cnt[2 * b + 1]
+
+
+@njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+def _ranked_sums(qw, ql, db_t, dl_t, multi, cutoffs, bits, buf_proto):
+    nq, n, m = qw.shape[0], db_t.shape[1], cutoffs.shape[1]
+    width = bits + 1
+    hits = np.zeros((nq, m), dtype=np.float64)
+    sums = np.zeros((nq, m), dtype=np.float64)
+    n_out = np.zeros((nq, width), dtype=np.int64)
+    r_out = np.zeros((nq, width), dtype=np.int64)
+    for i in prange(nq):
+        buf = np.empty(n, dtype=buf_proto.dtype)
+        scratch = np.empty(n if multi else 0, dtype=np.bool_)
+        _level_codes(qw, ql, i, db_t, dl_t, multi, buf, scratch)
+        _count_levels(buf, i, n_out, r_out)
+        kmax = 0
+        for c in range(m):
+            kmax = max(kmax, cutoffs[i, c])
+        if kmax == 0:                                       # histograms only (no cut-off)
+            continue
+        off = np.empty(width, dtype=np.int64)
+        roff = np.empty(width, dtype=np.int64)
+        acc, racc, last, found = 0, 0, bits, False
+        for b in range(width):
+            off[b], roff[b] = acc, racc
+            if not found and acc >= kmax:                   # this level starts past every cut-off
+                last, found = b - 1, True
+            acc += n_out[i, b]
+            racc += r_out[i, b]
+        vmax = 2 * last + 1
+        seen = np.zeros(2 * width, dtype=np.int64)          # seen[2b], seen[2b+1]: seen[b] - rseen[b], rseen[b]
+        for j in range(n):
+            v = np.int64(buf[j])
+            if v > vmax:
+                continue
+            s = seen[v]
+            seen[v] = s + 1
+            if v & 1:
+                b = v >> 1
+                pos = off[b] + seen[v - 1] + s              # items of the level seen so far
+                prec = (roff[b] + s + 1) / (pos + 1.0)
+                for c in range(m):
+                    if pos < cutoffs[i, c]:
+                        hits[i, c] += 1.0
+                        sums[i, c] += prec
+    return hits, sums, n_out, r_out
+
+
+class PackedDatabase:
+    """Database codes and labels packed once for the kernels; queries are packed per call.
+
+    codes01: (N, bits) {0,1}; labels: (N,) class ids or (N, C) multi-hot, as numpy arrays.
+    """
+
+    def __init__(self, codes01: np.ndarray, labels: np.ndarray):
+        codes01 = np.asarray(codes01)
+        if codes01.ndim != 2:
+            raise HashbenchError(f"codes01: expected shape (N, bits), got {codes01.shape}")
+        self.n, self.bits = codes01.shape
+        if not 0 < self.bits <= MAX_BITS:
+            raise HashbenchError(f"codes01: {self.bits} bits per code; the kernels handle 1..{MAX_BITS}")
+        self.db_t = np.ascontiguousarray(pack_codes(codes01).T)
+        labels = np.asarray(labels)
+        if labels.ndim not in (1, 2) or labels.shape[0] != self.n:
+            raise HashbenchError(f"labels: expected shape ({self.n},) or ({self.n}, C), got {labels.shape}")
+        self.multi = labels.ndim == 2
+        self.label_shape = labels.shape[1:]
+        if self.multi:                      # bitmasks: relevant when two rows share a set bit
+            dl = _pack_bits(labels != 0, 4).view(np.uint32)
+        else:                               # compact class ids
+            self.classes, inv = np.unique(labels, return_inverse=True)
+            if self.classes.size >= 2 ** 32 - 1:
+                raise HashbenchError(f"labels: {self.classes.size} classes; at most 2**32 - 2")
+            dl = inv.astype(np.uint32).reshape(-1, 1)
+        self.dl_t = np.ascontiguousarray(dl.T)
+        self.buf_proto = np.empty(0, dtype=np.uint8 if 2 * self.bits + 1 <= 255 else np.uint16)
+
+    def _queries(self, q01: np.ndarray, q_labels: np.ndarray):
+        q01 = np.asarray(q01)
+        if q01.ndim != 2 or q01.shape[1] != self.bits:
+            raise HashbenchError(f"q01: expected shape (queries, {self.bits}), got {q01.shape}")
+        q_labels = np.asarray(q_labels)
+        if q_labels.shape != (q01.shape[0],) + self.label_shape:
+            raise HashbenchError(f"q_labels: expected shape {(q01.shape[0],) + self.label_shape}, got {q_labels.shape}")
+        if self.multi:
+            ql = _pack_bits(q_labels != 0, 4).view(np.uint32)
+        else:
+            ql = _class_ids(q_labels, self.classes)
+        return np.ascontiguousarray(pack_codes(q01)), np.ascontiguousarray(ql)
+
+    def ranked_sums(self, q01: np.ndarray, q_labels: np.ndarray, cutoffs: np.ndarray):
+        """Exact sums for the ranking by (Hamming distance, database index).
+
+        cutoffs: (q, m) per-query cut-offs in ``[0, N]``. Returns ``hits, S`` (q, m) float64 -
+        what :func:`hashbench.platform.evaluation.metrics.ranked_sums` gives for that ranking - and
+        the histograms ``n, r`` (q, bits+1) int64 of :meth:`histograms`, which come for free.
+        """
+        qw, ql = self._queries(q01, q_labels)
+        cutoffs = np.array(cutoffs, dtype=np.int64, order="C")      # a writable copy: one signature
+        if cutoffs.ndim != 2 or cutoffs.shape[0] != qw.shape[0]:
+            raise HashbenchError(f"cutoffs: expected shape ({qw.shape[0]}, m), got {cutoffs.shape}")
+        return _ranked_sums(qw, ql, self.db_t, self.dl_t, self.multi, cutoffs, self.bits, self.buf_proto)
+
+    def histograms(self, q01: np.ndarray, q_labels: np.ndarray):
+        """(q, bits+1) int64 counts of all / relevant database items at each Hamming distance."""
+        qw, ql = self._queries(q01, q_labels)
+        none = np.zeros((qw.shape[0], 0), dtype=np.int64)          # no cut-off: the first pass only
+        return _ranked_sums(qw, ql, self.db_t, self.dl_t, self.multi, none, self.bits, self.buf_proto)[2:]
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel signature the engines use."""
+    rng = np.random.default_rng(0)
+    for bits in (8, 200):                   # uint8 and uint16 level buffers
+        codes, labels = rng.integers(0, 2, (4, bits)), np.arange(4)
+        db = PackedDatabase(codes, labels)
+        db.ranked_sums(codes, labels, np.ones((4, 1), dtype=np.int64))
+        db.histograms(codes, labels)
