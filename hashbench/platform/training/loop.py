@@ -237,8 +237,24 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     # one CUDA graph per training step: a single device, data on it, and a method whose step allows it
     graphed = (cfg.cuda_graph and device.type == "cuda" and not distributed and not cfg.compile
                and train.store_device == device and method.graph_safe(hp))
-    stepper = None
     names: list = []  # the loss terms' names, in the order of each step's record row
+    aug_gen = None    # this epoch's augmentation generator (eager steps; set at each epoch's start)
+
+    def run_step(rows, zero_grad=True):
+        """One training step on the rows ``rows``; returns its loss terms (in ``names`` order)."""
+        batch = train.batch(rows, cfg.augment, None if graphed else aug_gen)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp, cache_enabled=not graphed):
+            out = net(batch.images)
+        terms = loss_fn(_float_out(out), batch, model)
+        if zero_grad:
+            optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        if not names:
+            names.extend(sorted(terms))
+        return torch.stack([torch.as_tensor(terms[k], device=device).detach().float() for k in names])
+
+    stepper = GraphedStep(run_step, optimizer, device) if graphed else None
 
     epochs = cfg.epochs
     while st["epoch"] < epochs and not st["stopped_early"]:
@@ -258,22 +274,6 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         model.train()
         steps = mine.shape[0]
         record = None  # (steps, terms): every loss term of every step, kept on the device
-
-        def run_step(rows, zero_grad=True):
-            batch = train.batch(rows, cfg.augment, None if graphed else aug_gen)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp, cache_enabled=not graphed):
-                out = net(batch.images)
-            terms = loss_fn(_float_out(out), batch, model)
-            if zero_grad:
-                optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            if not names:
-                names.extend(sorted(terms))
-            return torch.stack([torch.as_tensor(terms[k], device=device).detach().float() for k in names])
-
-        if graphed and stepper is None:
-            stepper = GraphedStep(run_step, optimizer, device)
         for step in range(steps):
             vec = stepper(mine[step]) if graphed else run_step(mine[step])
             if record is None:
