@@ -31,7 +31,7 @@ import torch
 
 from hashbench.platform.errors import HashbenchError
 from hashbench.platform.evaluation.inputs import Prepared
-from hashbench.platform.evaluation.level_select import level_histograms, level_ranking
+from hashbench.platform.evaluation.level_select import level_histograms, level_ranking, maybe_compiled
 
 APPROXIMATE = ("faiss-hnsw", "faiss-ivf")
 ENGINES = ("auto", "torch", "faiss") + APPROXIMATE
@@ -126,27 +126,15 @@ def _boundary_counts_single(dot, thr, q_labels, db_labels):
     return at.sum(1), (at & (db_labels[None, :] == q_labels[:, None])).sum(1)
 
 
-_fused = {"fn": None}
-
-
 def boundary_counts(dot: torch.Tensor, thr: torch.Tensor, rel_of):
     """Per query: items whose product equals ``thr`` and how many of them are relevant.
 
-    On CUDA with class-id labels this is one fused reduction (``torch.compile``; it reads the
-    product matrix once instead of five eager passes); any compile failure falls back to eager
-    once, with a warning. Set HASHBENCH_EVAL_COMPILE=0 to never compile."""
+    With class-id labels on a large CUDA matrix this is one fused reduction (``torch.compile``; it
+    reads the product matrix once instead of five eager passes; see ``level_select.maybe_compiled``
+    for the fallback and HASHBENCH_EVAL_COMPILE)."""
     labels = getattr(rel_of, "labels", None)
-    if dot.is_cuda and labels is not None and os.environ.get("HASHBENCH_EVAL_COMPILE", "1") != "0":
-        if _fused["fn"] is None:
-            _fused["fn"] = torch.compile(_boundary_counts_single, dynamic=True)
-        if _fused["fn"] is not False:
-            try:
-                return _fused["fn"](dot, thr, *labels)
-            except Exception as exc:  # noqa: BLE001 - no compiler / Triton: the eager path is exact too
-                warnings.warn(f"fused boundary count unavailable ({type(exc).__name__}: {exc}); using eager ops")
-                _fused["fn"] = False
     if labels is not None:
-        return _boundary_counts_single(dot, thr, *labels)
+        return maybe_compiled("boundary count", _boundary_counts_single, dot)(dot, thr, *labels)
     at = dot == thr
     return at.sum(1), (at & rel_of(None)).sum(1)
 

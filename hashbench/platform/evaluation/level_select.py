@@ -18,8 +18,9 @@ synchronisation in the level search:
    nearer than ``t`` and the first ``k - #(d < t)`` items at ``t`` in index order (a cumulative
    count along the row), then a sort of those k items per query only.
 
-On CUDA the counting passes are compiled with ``torch.compile`` (one kernel that reads ``dot`` once
-per pass); any compiler failure falls back to the eager ops, which compute the same integers.
+On CUDA the counting passes over large matrices (``COMPILE_MIN_ELEMENTS``) are compiled with
+``torch.compile`` (one kernel that reads ``dot`` once per pass); any compiler failure falls back to the
+eager ops, which compute the same integers.
 Set HASHBENCH_EVAL_COMPILE=0 to never compile.
 """
 
@@ -32,6 +33,9 @@ import torch
 
 #: candidate levels per search pass (counts computed together in one reading of the products)
 SEARCH_WIDTH = 8
+#: product matrices smaller than this are counted with eager ops: compiling (tens of seconds, once
+#: per process) only pays off on large ones
+COMPILE_MIN_ELEMENTS = 2 ** 26
 
 _compiled: dict = {}
 
@@ -41,9 +45,11 @@ def _counts_le(dot: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
     return torch.stack([(dot >= thr[:, j:j + 1]).sum(1, dtype=torch.int32) for j in range(SEARCH_WIDTH)], 1)
 
 
-def _maybe_compiled(name: str, fn, device: torch.device):
-    """``fn`` compiled for CUDA (once per process), or ``fn`` itself (CPU, no compiler, opted out)."""
-    if device.type != "cuda" or os.environ.get("HASHBENCH_EVAL_COMPILE", "1") == "0":
+def maybe_compiled(name: str, fn, x: torch.Tensor):
+    """``fn`` compiled for CUDA (once per process) when ``x`` is large, or ``fn`` itself (CPU, small
+    input, no compiler, opted out)."""
+    if (x.device.type != "cuda" or x.numel() < COMPILE_MIN_ELEMENTS
+            or os.environ.get("HASHBENCH_EVAL_COMPILE", "1") == "0"):
         return fn
     if name not in _compiled:
         _compiled[name] = torch.compile(fn, dynamic=True)
@@ -83,7 +89,7 @@ def kth_level(dot: torch.Tensor, bits: int, k: int):
     c_lo = torch.zeros(b_rows, dtype=torch.int64, device=dev)
     c_hi = torch.full((b_rows,), n, dtype=torch.int64, device=dev)
     j = torch.arange(1, SEARCH_WIDTH + 1, device=dev)
-    count = _maybe_compiled("level count", _counts_le, dev)
+    count = maybe_compiled("level count", _counts_le, dot)
     for _ in range(search_passes(bits)):
         width = hi - lo
         t = lo[:, None] + (j[None, :] * width[:, None]) // (SEARCH_WIDTH + 1)   # in [lo, hi - 1] (or lo)
