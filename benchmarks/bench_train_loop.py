@@ -23,6 +23,7 @@ same loop is also run once without it (``--no-eager`` skips that) to show what t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -146,10 +147,6 @@ def conventional(cfg, ds, device: torch.device, workers: int) -> list:
     return times
 
 
-_INIT_FIELDS = ("method", "dataset", "bits", "epochs", "params", "batch_size", "out_dir", "device", "compile",
-                "augment", "seed")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -185,8 +182,7 @@ def main(argv=None) -> int:
         hb = [h["train_s"] for h in res.history]
         eager_res = None
         if device.type == "cuda" and not args.no_eager:   # the same loop without the CUDA graph
-            eager_cfg = TrainConfig(**{**{k: getattr(cfg, k) for k in _INIT_FIELDS}, "cuda_graph": False,
-                                       "run_name": "eager"})
+            eager_cfg = dataclasses.replace(cfg, cuda_graph=False, run_name="eager")
             eager_res = fit(eager_cfg, LocalSession(None, device=args.device))
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -290,12 +290,8 @@ def _relevance_of(prep: Prepared, qlc: torch.Tensor):
         return relevance(qlc, prep.db_labels) if ids is None else _gather_relevance(prep, qlc, ids)
     rel_of.labels = (qlc, prep.db_labels) if qlc.dim() == 1 else None   # class ids: fusable
 
-    def pairs(rows, cols):
-        """Relevance of the listed (query row, database item) pairs."""
-        if qlc.dim() == 1:
-            return qlc[rows] == prep.db_labels[cols]
-        return (qlc[rows] & prep.db_labels[cols]).any(1)
-    rel_of.pairs = pairs
+    # relevance of listed (query row, database item) pairs
+    rel_of.pairs = lambda rows, cols: _gather_relevance(prep, qlc[rows], cols[:, None])[:, 0]
     return rel_of
 
 

@@ -84,10 +84,13 @@ class TorchEngine:
         self.key_dtype = torch.int32 if key_max < 2 ** 31 else torch.int64
         self.arange = torch.arange(self.n, device=self.device, dtype=self.key_dtype)
 
+    def _products(self, q: torch.Tensor) -> torch.Tensor:
+        """(nq, N) +-1 products of binary queries with the database: distance = (bits - product) / 2."""
+        return (q.to(self.dtype) * 2 - 1) @ self.db.T
+
     def distances(self, q: torch.Tensor) -> torch.Tensor:
         if self.distance == "hamming":
-            dot = (q.to(self.dtype) * 2 - 1) @ self.db.T
-            return ((self.bits - dot) * 0.5).to(torch.int32)
+            return ((self.bits - self._products(q)) * 0.5).to(torch.int32)
         ip = q @ self.db.T
         if self.distance == "cosine":
             return 1 - ip
@@ -101,21 +104,16 @@ class TorchEngine:
         """Histograms exact for every distance up to the k-th smallest one (later buckets are 0):
         enough for any cut-off <= k. One matrix product and a few counting passes over it, no sort
         and no ``topk`` (see :mod:`level_select`). ``rel_of`` gives relevance (``rel_of.pairs``)."""
-        dot = (q.to(self.dtype) * 2 - 1) @ self.db.T
-        return level_histograms(dot, self.bits, k, rel_of.pairs,
+        return level_histograms(self._products(q), self.bits, k, rel_of.pairs,
                                 lambda d, thr: boundary_counts(d, thr, rel_of))
 
     def ranking(self, q: torch.Tensor, k: int, with_dist: bool = True):
         if self.distance == "hamming" and k < self.n:
-            ids, dist = level_ranking((q.to(self.dtype) * 2 - 1) @ self.db.T, self.bits, k)
+            ids, dist = level_ranking(self._products(q), self.bits, k)
             return ids, dist.to(torch.int32)
         d = self.distances(q)
-        if self.distance == "hamming":
-            key = d.to(self.key_dtype) * self.n + self.arange
-            if k < self.n:
-                key, ids = torch.topk(key, k, dim=1, largest=False, sorted=True)
-            else:
-                key, ids = torch.sort(key, dim=1)
+        if self.distance == "hamming":   # the whole database: one sort on the unique key
+            key, ids = torch.sort(d.to(self.key_dtype) * self.n + self.arange, dim=1)
             return ids, (key // self.n).to(torch.int32)
         vals, ids = torch.sort(d, dim=1, stable=True)
         return ids[:, :k], vals[:, :k]
