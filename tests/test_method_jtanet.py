@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hashbench.methods.jtanet import JTANet, JTANetLoss, mine_triplets
+from hashbench.methods.jtanet import JTANet, JTANetLoss, loss_weights, mine_triplets
 from hashbench.platform.errors import HashbenchError
 from hashbench.platform.registry import Batch, ModelContext, get_method
 
@@ -119,9 +119,27 @@ def test_autoencoder_and_feature_terms_hand_values():
     batch = Batch(images=x, labels=_onehot([0, 0]), targets=torch.tensor([0, 0]))
     res = JTANetLoss(1, 1, 1, 0.5, "hard")(_out(latent, recon), batch)
     assert res["ae"].item() == pytest.approx((0.75 + 1.0) / 2)
-    assert res["fr"].item() == pytest.approx((1 + 4 + 9 + 16) / 4)
+    # the paper's L_FR: "calculating the L2-Norm of feature vector F_i", averaged over the batch:
+    # ‖(1, 2)‖ = √5, ‖(3, 4)‖ = 5
+    assert res["fr"].item() == pytest.approx((math.sqrt(5) + 5) / 2)
     assert res["sm"].item() == 0.0  # one class: no triplet
-    assert res["loss"].item() == pytest.approx(0.875 + 7.5)
+    assert res["loss"].item() == pytest.approx(0.875 + (math.sqrt(5) + 5) / 2)
+    old = JTANetLoss(1, 1, 1, 0.5, "hard", fr_form="mean-square")(_out(latent, recon), batch)
+    assert old["fr"].item() == pytest.approx((1 + 4 + 9 + 16) / 4)  # (1/B) Σ (1/dim)‖F_i‖²
+
+
+def test_feature_regularisation_is_the_l2_norm_of_f_i_with_its_gradient():
+    """Paper, Sec. II: L_FR is computed by "calculating the L2-Norm of feature vector F_i"; its gradient
+    per image is F_i / ‖F_i‖ / B (unit length), not the 2 F_i / (dim·B) of the mean square."""
+    latent = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]], requires_grad=True)
+    batch = Batch(images=torch.zeros(2, 1, 2, 2), labels=_onehot([0, 0]), targets=torch.tensor([0, 0]))
+    res = JTANetLoss(0, 0, 1, 0.5, "hard")(_out(latent, torch.zeros(2, 1, 2, 2)), batch)
+    assert res["loss"].item() == pytest.approx((5 + 2) / 2)
+    res["loss"].backward()
+    expected = torch.tensor([[0.6, 0.8, 0.0], [0.0, 0.0, 1.0]]) / 2
+    torch.testing.assert_close(latent.grad, expected)
+    with pytest.raises(ValueError, match="fr_form"):
+        JTANetLoss(1, 1, 1, 0.5, "hard", fr_form="l1")
 
 
 def test_siamese_term_and_total_vs_loops():
@@ -141,7 +159,7 @@ def test_siamese_term_and_total_vs_loops():
     hinge = sum(max(0.0, float(((f[i] - f[j]) ** 2).sum() - ((f[i] - f[k]) ** 2).sum()) + 0.5)
                 for i, j, k in triplets) / len(triplets)
     ae = sum(float(((x[i] - recon[i]) ** 2).mean()) for i in range(10)) / 10
-    fr = sum(float((latent[i] ** 2).mean()) for i in range(10)) / 10
+    fr = sum(math.sqrt(sum(float(v) ** 2 for v in latent[i])) for i in range(10)) / 10
     assert res["sm_intra"].item() == pytest.approx(intra)
     assert res["sm_inter"].item() == pytest.approx(inter)
     assert res["sm"].item() == pytest.approx(max(0.0, intra - inter + 0.5))
@@ -184,13 +202,50 @@ def test_network_shapes_and_layer_counts(size, channels):
 def test_registered_defaults_and_bad_values():
     m = get_method("jtanet")
     hp = m.defaults()
-    assert (hp["lambda_ae"], hp["lambda_sm"], hp["lambda_fr"], hp["margin"]) == (1.0, 1.0, 1.0, 0.5)
+    assert (hp["weights"], hp["margin"], hp["fr_form"]) == ("1-1-1", 0.5, "l2norm")
+    assert (hp["lambda_ae"], hp["lambda_sm"], hp["lambda_fr"]) == (1.0, 1.0, 1.0)
     assert m.batch_size == 256 and m.code_type == "float" and m.distance == "l2"
-    assert set(m.search_space()) == {"lambda_ae", "lambda_sm", "lambda_fr", "margin", "mining"}
+    assert set(m.search_space()) == {"weights", "margin", "mining"}
     with pytest.raises(HashbenchError, match="mining"):
         m.resolve({"mining": "hardest"})
     with pytest.raises(HashbenchError, match="lambda_ae"):
         m.resolve({"lambda_ae": -1})
+    with pytest.raises(HashbenchError, match="weights"):
+        m.resolve({"weights": "2-2-2"})
+    with pytest.raises(HashbenchError, match="fr_form"):
+        m.resolve({"fr_form": "l1"})
+
+
+def test_weight_search_space_is_the_papers_grid_with_zero_weights():
+    """Paper, Sec. V (Table 3): AE:SM:FR = 1:1:1, 5:1:1, 1:5:1, 1:1:5, 10:1:1, 1:10:1, 1:1:10, 0:1:1, 1:0:1
+    and 1:1:0. The sweep explores exactly these as one categorical dimension (zeros reachable)."""
+    from hashbench.platform.sweep.config import _default_dims
+
+    paper = [(1, 1, 1), (5, 1, 1), (1, 5, 1), (1, 1, 5), (10, 1, 1), (1, 10, 1), (1, 1, 10), (0, 1, 1),
+             (1, 0, 1), (1, 1, 0)]
+    m = get_method("jtanet")
+    dim = _default_dims(m)["weights"]
+    assert dim.type == "choice"
+    got = [loss_weights(m.resolve({"weights": c})) for c in dim.choices]
+    assert got == [tuple(float(v) for v in w) for w in paper]
+    # the multipliers scale single terms beyond the grid
+    assert loss_weights(m.resolve({"weights": "1-5-1", "lambda_fr": 0.5})) == (1.0, 5.0, 0.5)
+
+
+def test_zero_weights_drop_their_terms():
+    g = torch.Generator().manual_seed(4)
+    latent = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    x = torch.rand(8, 1, 2, 2, generator=g, dtype=torch.float64)
+    recon = torch.rand(8, 1, 2, 2, generator=g, dtype=torch.float64)
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    batch = Batch(images=x, labels=_onehot(targets), targets=targets)
+    m = get_method("jtanet")
+    ctx = ModelContext(in_channels=1, image_size=2, num_classes=3, bits=4)
+    full = m.build_loss(ctx, m.resolve({"mining": "hard"}))(_out(latent, recon), batch)
+    assert full["sm"].item() > 0
+    for grid, keep in (("0-1-1", ("sm", "fr")), ("1-0-1", ("ae", "fr")), ("1-1-0", ("ae", "sm"))):
+        res = m.build_loss(ctx, m.resolve({"weights": grid, "mining": "hard"}))(_out(latent, recon), batch)
+        assert res["loss"].item() == pytest.approx(sum(full[k].item() for k in keep))
 
 
 def test_a_few_steps_reduce_the_loss():

@@ -26,6 +26,11 @@ CITATION = ("Singh SR, Dubey SR, Shruthi MS, Ventrapragada S, Dasharatha SS. Joi
             "Histopathological Colon Cancer Nuclei Retrieval. arXiv 2105.10262, 2021.")
 PAPER = "../shared/papers/000_54fbe8ac14d008ca.txt"
 MINING = ("hard", "semihard", "random-hard")
+#: the λ_AE:λ_SM:λ_FR settings of the paper's Table 3 (weight analysis), in its order
+#: written with '-' (YAML 1.1 reads an unquoted 1:5:1 as the base-60 integer 4201)
+WEIGHT_GRID = ("1-1-1", "5-1-1", "1-5-1", "1-1-5", "10-1-1", "1-10-1", "1-1-10", "0-1-1", "1-0-1", "1-1-0")
+#: L_FR forms: "l2norm" = the paper's "L2-Norm of feature vector F_i"; "mean-square" = (1/dim)‖F_i‖² (old)
+FR_FORMS = ("l2norm", "mean-square")
 ENC_CHANNELS = (32, 64, 64, 128, 128, 256)   # conv layers 1-6; layer 7 outputs the latent
 DEC_CHANNELS = (256, 128, 128, 64, 64, 32)   # transposed-conv layers 1-6; layer 7 outputs the image
 
@@ -143,15 +148,21 @@ class JTANetLoss(nn.Module):
       and ``L_inter = (1/nb) Σ_i ‖F_Aⁱ − F_Nⁱ‖²`` over the nb mined triplets (F normalised).
       Every mined triplet has a positive score, so this equals the per-triplet hinge
       ``(1/nb) Σ_i max(0, ‖F_Aⁱ−F_Pⁱ‖² − ‖F_Aⁱ−F_Nⁱ‖² + λ_m)``; 0 when nb = 0.
-    * ``L_FR = (1/B) Σ_i (1/dim)‖F_i‖²`` on the encoder output before normalisation
-      (the paper's formula is cut off; our choice, docs/methods/jtanet.md).
+    * ``L_FR = (1/B) Σ_i L_FR^i`` on the encoder output F_i before normalisation, with
+      ``L_FR^i = ‖F_i‖₂`` ("calculating the L2-Norm of feature vector F_i", ``fr_form="l2norm"``,
+      default) or ``L_FR^i = (1/dim)‖F_i‖²₂`` (``fr_form="mean-square"``, hashbench's earlier choice);
+      see docs/methods/jtanet.md.
     """
 
-    def __init__(self, lambda_ae: float, lambda_sm: float, lambda_fr: float, margin: float, mining: str):
+    def __init__(self, lambda_ae: float, lambda_sm: float, lambda_fr: float, margin: float, mining: str,
+                 fr_form: str = "l2norm"):
         super().__init__()
+        if fr_form not in FR_FORMS:
+            raise ValueError(f"fr_form must be one of {FR_FORMS}, got {fr_form!r}")
         self.w = (lambda_ae, lambda_sm, lambda_fr)
         self.margin = margin
         self.mining = mining
+        self.fr_form = fr_form
 
     def forward(self, out, batch, model=None) -> dict:
         x, f, z = batch.images, out["feature"], out["latent"]
@@ -163,15 +174,25 @@ class JTANetLoss(nn.Module):
             l_sm = F.relu(intra - inter + self.margin)
         else:
             intra = inter = l_sm = f.sum() * 0.0
-        l_fr = (z ** 2).mean()
+        if self.fr_form == "l2norm":
+            l_fr = torch.linalg.vector_norm(z, dim=1).mean()      # (1/B) Σ_i ‖F_i‖₂
+        else:
+            l_fr = (z ** 2).mean()                                 # (1/B) Σ_i (1/dim)‖F_i‖²₂
         total = self.w[0] * l_ae + self.w[1] * l_sm + self.w[2] * l_fr
         return {"loss": total, "ae": l_ae.detach(), "sm": l_sm.detach(), "fr": l_fr.detach(),
                 "sm_intra": intra.detach(), "sm_inter": inter.detach(),
                 "triplets": torch.tensor(float(a.numel()), device=f.device)}
 
 
+def loss_weights(hp: dict) -> tuple:
+    """(λ_AE, λ_SM, λ_FR): the ratio ``hp["weights"]`` (a point of the paper's grid) times the
+    per-term multipliers ``lambda_ae``, ``lambda_sm``, ``lambda_fr`` (1 by default)."""
+    ratio = [float(v) for v in hp.get("weights", "1-1-1").split("-")]
+    return tuple(r * hp[k] for r, k in zip(ratio, ("lambda_ae", "lambda_sm", "lambda_fr")))
+
+
 def _loss(ctx, hp):
-    return JTANetLoss(hp["lambda_ae"], hp["lambda_sm"], hp["lambda_fr"], hp["margin"], hp["mining"])
+    return JTANetLoss(*loss_weights(hp), hp["margin"], hp["mining"], hp.get("fr_form", "l2norm"))
 
 
 register(Method(
@@ -181,9 +202,13 @@ register(Method(
     build_model=lambda ctx, hp: JTANet(ctx), build_loss=_loss,
     build_optimizer=lambda params, hp: torch.optim.Adam(params, lr=hp["lr"]),
     params=(
-        Param("lambda_ae", 1.0, search=(0.01, 10.0), log=True, bounds=(0, None), help="weight of L_AE"),
-        Param("lambda_sm", 1.0, search=(0.1, 10.0), log=True, bounds=(0, None), help="weight of L_SM"),
-        Param("lambda_fr", 1.0, search=(0.01, 10.0), log=True, bounds=(0, None), help="weight of L_FR"),
+        Param("weights", "1-1-1", type="choice", choices=WEIGHT_GRID, search=WEIGHT_GRID,
+              help="λ_AE:λ_SM:λ_FR, a setting of the paper's Table 3 (zeros drop a term)"),
+        Param("lambda_ae", 1.0, bounds=(0, None), help="multiplier of λ_AE (outside the paper's grid)"),
+        Param("lambda_sm", 1.0, bounds=(0, None), help="multiplier of λ_SM (outside the paper's grid)"),
+        Param("lambda_fr", 1.0, bounds=(0, None), help="multiplier of λ_FR (outside the paper's grid)"),
+        Param("fr_form", "l2norm", type="choice", choices=FR_FORMS,
+              help="L_FR per image: l2norm = ‖F_i‖₂ (paper), mean-square = (1/dim)‖F_i‖²"),
         Param("margin", 0.5, search=(0.1, 1.0), bounds=(0, None), help="triplet margin λ_m"),
         Param("mining", "semihard", type="choice", choices=MINING, search=MINING,
               help="negative selection (paper's best: semihard)"),
