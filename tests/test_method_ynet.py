@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,9 +19,10 @@ from hashbench.platform.registry import Batch, ModelContext, check_requirements,
 IDS = ("ynet", "ynet-no-fpn", "ynet-no-rmac", "ynet-ce")
 
 
-def _build(method_id, size=32, channels=1, classes=3, bits=16, **overrides):
+def _build(method_id, size=32, channels=1, classes=3, bits=16, mask_classes=2, **overrides):
     method = get_method(method_id)
-    ctx = ModelContext(in_channels=channels, image_size=size, num_classes=classes, bits=bits)
+    ctx = ModelContext(in_channels=channels, image_size=size, num_classes=classes, bits=bits,
+                       mask_classes=mask_classes)
     hp = method.resolve(overrides)
     return method, method.build_model(ctx, hp), method.build_loss(ctx, hp), hp
 
@@ -149,9 +151,18 @@ def test_seg_loss_matches_per_pixel_cross_entropy():
         seg_loss(logits, None, "ynet")
 
 
+def test_seg_loss_with_three_mask_classes_by_hand():
+    """One logit per mask class (background, disc, cup): −log softmax of the pixel's class, by hand."""
+    logits = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]], [[0.0, 0.0]]]])      # (1, 3, 1, 2)
+    masks = torch.tensor([[[2, 1]]])                                         # pixel 0: cup, pixel 1: disc
+    p0 = -(0.0 - math.log(math.e + 1 + 1))                                   # class 2 at pixel 0
+    p1 = -(2.0 - math.log(1 + math.exp(2) + 1))                              # class 1 at pixel 1
+    assert seg_loss(logits, masks, "ynet").item() == pytest.approx((p0 + p1) / 2, rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- coupling, ω
 def test_fixed_omega_couples_terms():
-    _, model, loss_fn, _ = _build("ynet", omega=0.3)
+    _, model, loss_fn, _ = _build("ynet", omega=0.3, omega_mode="fixed")
     out = model(_batch().images)
     terms = loss_fn(out, _batch(), model)
     assert terms["loss"].item() == pytest.approx(0.3 * terms["circle"].item() + 0.7 * terms["seg"].item(),
@@ -160,8 +171,8 @@ def test_fixed_omega_couples_terms():
     assert model.omega_logit is None
 
 
-def test_learned_omega_stays_in_unit_interval_and_gets_gradient():
-    _, model, loss_fn, _ = _build("ynet", learn_omega=True, omega=0.2)
+def test_descent_omega_stays_in_unit_interval_and_gets_gradient():
+    _, model, loss_fn, _ = _build("ynet", omega_mode="descent", omega=0.2)
     assert model.omega().item() == pytest.approx(0.2)
     terms = loss_fn(model(_batch().images), _batch(), model)
     terms["loss"].backward()
@@ -173,9 +184,71 @@ def test_learned_omega_stays_in_unit_interval_and_gets_gradient():
             model.omega_logit.fill_(theta)
         assert 0.0 <= model.omega().item() <= 1.0 and torch.isfinite(model.omega_logit)
     with pytest.raises(HashbenchError, match="strictly between 0 and 1"):
-        _build("ynet", learn_omega=True, omega=1.0)
+        _build("ynet", omega_mode="balance", omega=1.0)
     with pytest.raises(HashbenchError, match="omega"):
         get_method("ynet").resolve({"omega": 1.5})
+    with pytest.raises(HashbenchError, match="omega_mode"):
+        get_method("ynet").resolve({"omega_mode": "learned"})
+
+
+def test_balance_omega_starts_at_half_and_its_gradient_targets_equal_magnitudes():
+    """Paper: "The weight factor ω in the coupled loss is initially set as 0.5", and the coupled loss
+    unifies "the losses to the same order of magnitude". Default: ω = sigmoid(θ), θ = 0; ``loss`` is
+    0.5·L_circle + 0.5·L_seg; dloss/dθ = θ − logit(ω*) with ω* = L_seg/(L_circle + L_seg), i.e.
+    log(L_circle/L_seg) at θ = 0; the network's gradient is that of Eq. 2 with ω held at 0.5."""
+    torch.manual_seed(0)
+    _, model, loss_fn, hp = _build("ynet")
+    assert hp["omega_mode"] == "balance" and model.omega().item() == 0.5
+    b = _batch()
+    terms = loss_fn(model(b.images), b, model)
+    lc, ls = terms["circle"].item(), terms["seg"].item()
+    assert terms["loss"].item() == pytest.approx(0.5 * lc + 0.5 * ls, rel=1e-6)
+    assert terms["omega_target"].item() == pytest.approx(ls / (lc + ls), rel=1e-6)
+    terms["loss"].backward()
+    assert model.omega_logit.grad.item() == pytest.approx(math.log(lc / ls), rel=1e-5)
+    got = model.stem[0].weight.grad.clone()
+    model.zero_grad()
+    out = model(b.images)
+    plain = 0.5 * loss_fn._cls_loss(out, b) + 0.5 * seg_loss(out["seg_logits"], b.masks, "ynet")
+    plain.backward()
+    torch.testing.assert_close(got, model.stem[0].weight.grad)
+
+
+class _OmegaOnly(torch.nn.Module):
+    """A Y-Net stand-in with only θ: the circle loss is pinned at 27.8 and the seg logits are 0 (L_seg = ln 2),
+    the magnitudes measured at initialisation on BUSI (issue 11: 27.8 vs 0.687)."""
+
+    def __init__(self, learn):
+        super().__init__()
+        self.omega_logit = torch.nn.Parameter(torch.zeros(())) if learn else None
+
+    def omega(self):
+        return None if self.omega_logit is None else torch.sigmoid(self.omega_logit)
+
+
+def _omega_after(mode, steps=300):
+    _, _, loss_fn, hp = _build("ynet", omega_mode=mode)
+    loss_fn._cls_loss = lambda out, batch: torch.tensor(27.8)
+    model = _OmegaOnly(mode != "fixed")
+    opt = get_method("ynet").build_optimizer(list(model.parameters()), hp) if mode != "fixed" else None
+    out = {"seg_logits": torch.zeros(1, 2, 2, 2)}
+    batch = Batch(images=None, labels=None, targets=None, masks=torch.zeros(1, 2, 2, dtype=torch.long))
+    for _ in range(steps if opt else 1):
+        terms = loss_fn(out, batch, model)
+        if opt:
+            opt.zero_grad()
+            terms["loss"].backward()
+            opt.step()
+    return loss_fn(out, batch, model)["omega"].item()
+
+
+def test_balance_omega_brings_both_weighted_losses_to_the_same_magnitude():
+    lc, ls = 27.8, math.log(2)
+    w = _omega_after("balance")
+    assert w * lc == pytest.approx((1 - w) * ls, rel=0.02)            # ω·L_circle = (1 − ω)·L_seg
+    assert w == pytest.approx(ls / (lc + ls), rel=0.02)
+    assert _omega_after("fixed") == 0.5                                 # half the plain sum: 40× apart
+    assert _omega_after("descent") < 0.5 * ls / (lc + ls)               # gradient on L overshoots to 0
 
 
 def test_ablations_build_and_omit_the_right_parts():
@@ -186,14 +259,14 @@ def test_ablations_build_and_omit_the_right_parts():
         parts[mid] = (model.rmac_conv is not None, model.fpn is not None, sorted(terms))
         names = {n.split(".")[0] for n, _ in model.named_parameters()}
         assert ("fpn" in names) == parts[mid][1] and ("rmac_conv" in names) == parts[mid][0]
-    assert parts["ynet"] == (True, True, ["circle", "loss", "omega", "seg"])
+    assert parts["ynet"] == (True, True, ["circle", "loss", "omega", "omega_target", "seg"])
     assert parts["ynet-no-fpn"] == (True, False, ["circle", "loss"])
     assert parts["ynet-no-rmac"] == (False, True, ["loss", "seg"])
-    assert parts["ynet-ce"] == (True, True, ["ce", "loss", "omega", "seg"])
+    assert parts["ynet-ce"] == (True, True, ["ce", "loss", "omega", "omega_target", "seg"])
     # pairwise circle form has no classifier; ynet-ce's CE equals F.cross_entropy on its logits
     _, model, _, _ = _build("ynet", circle_form="pairwise")
     assert model.classifier is None
-    _, model, loss_fn, _ = _build("ynet-ce", omega=1.0)
+    _, model, loss_fn, _ = _build("ynet-ce", omega=1.0, omega_mode="fixed")
     model.eval()
     b = _batch()
     out = model(b.images)
@@ -203,7 +276,7 @@ def test_ablations_build_and_omit_the_right_parts():
 
 def test_every_parameter_gets_a_gradient():
     """No unused parameter (DistributedDataParallel would fail on one)."""
-    for mid, extra in [("ynet", {"learn_omega": True}), ("ynet", {"circle_form": "pairwise"}),
+    for mid, extra in [("ynet", {}), ("ynet", {"omega_mode": "descent"}), ("ynet", {"circle_form": "pairwise"}),
                        ("ynet-no-fpn", {}), ("ynet-no-rmac", {}), ("ynet-ce", {})]:
         _, model, loss_fn, _ = _build(mid, **extra)
         loss_fn(model(_batch().images), _batch(), model)["loss"].backward()
@@ -235,6 +308,8 @@ def test_encode_and_forward_shapes(channels, size, bits):
     x = torch.rand(3, channels, size, size)
     out = model(x)
     assert out["seg_logits"].shape == (3, 2, size, size)
+    _, model3, _, _ = _build("ynet", size=size, channels=channels, bits=bits, mask_classes=3)
+    assert model3(x)["seg_logits"].shape == (3, 3, size, size)    # one logit per mask class
     assert out["logits"].shape == (3, 3) and out["descriptor"].shape == (3, 512)
     model.eval()
     codes = model.encode(x)
@@ -252,9 +327,10 @@ def test_too_many_bits_is_a_clear_error():
 def test_registry_contract_and_mask_requirement():
     m = get_method("ynet")
     assert m.code_type == "binary" and m.batch_size == 32 and m.requires.masks
-    assert set(m.search_space()) == {"omega", "gamma", "margin", "lr"}
+    assert set(m.search_space()) == {"omega", "omega_mode", "gamma", "margin", "lr"}
+    assert set(m.search_space()["omega_mode"].search) == {"balance", "fixed"}     # learned vs fixed ω
     assert (m.defaults()["gamma"], m.defaults()["margin"], m.defaults()["omega"]) == (32.0, 0.25, 0.5)
-    assert set(get_method("ynet-ce").search_space()) == {"omega", "lr"}
+    assert set(get_method("ynet-ce").search_space()) == {"omega", "omega_mode", "lr"}
     assert set(get_method("ynet-no-fpn").search_space()) == {"gamma", "margin", "lr"}
     for mid in ("ynet", "ynet-no-rmac", "ynet-ce"):
         with pytest.raises(HashbenchError, match=f"'{mid}' needs segmentation masks.*pneumoniamnist"):
@@ -269,7 +345,7 @@ def test_registry_contract_and_mask_requirement():
 
 # ----------------------------------------------------------------------------- training
 @pytest.mark.parametrize("method_id,extra", [
-    ("ynet", {}), ("ynet", {"learn_omega": True, "circle_form": "pairwise"}),
+    ("ynet", {}), ("ynet", {"omega_mode": "descent", "circle_form": "pairwise"}), ("ynet", {"omega_mode": "fixed"}),
     ("ynet-no-fpn", {}), ("ynet-no-rmac", {}), ("ynet-ce", {})])
 def test_a_few_steps_reduce_the_loss(method_id, extra):
     torch.manual_seed(0)
@@ -284,3 +360,32 @@ def test_a_few_steps_reduce_the_loss(method_id, extra):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+# ----------------------------------------------------------------------------- multi-class masks
+@pytest.mark.timeout(120)
+def test_three_class_mask_store_trains_through_the_loop(tmp_path):
+    """A synthetic Fundus-like store (background 0, disc 1, cup 2): the store's mask_classes (3) reaches
+    the model through the training loop; the FPN predicts 3 logits per pixel."""
+    from hashbench.platform.data import write_store
+    from hashbench.platform.training import TrainConfig, run_local
+
+    rng = np.random.default_rng(0)
+    n, size = 24, 16
+    images = rng.integers(0, 60, (n, 1, size, size)).astype(np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    labels = np.arange(n) % 2
+    for i in range(n):
+        r = 3 + 2 * labels[i]                       # glaucoma: a larger cup inside the disc
+        masks[i, 8 - 5:8 + 5, 8 - 5:8 + 5] = 1
+        masks[i, 8 - r // 2 - 1:8 + r // 2 + 1, 8 - r // 2 - 1:8 + r // 2 + 1] = 2
+        images[i, 0][masks[i] > 0] += 100 + 50 * masks[i][masks[i] > 0].astype(np.uint8)
+    split = np.array([0] * 16 + [1] * 4 + [2] * 4)
+    ds = write_store(tmp_path / "fundus", images, labels, split, class_names=["normal", "glaucoma"], masks=masks)
+    assert ds.mask_classes == 3
+    cfg = TrainConfig(method="ynet", dataset=str(ds.path), bits=16, epochs=1, batch_size=8, device="cpu",
+                      out_dir=str(tmp_path / "runs"), augment={"enabled": False})
+    res = run_local(cfg)
+    state = torch.load(f"{res.run_dir}/model.pt", weights_only=True)
+    assert state["fpn.predict.weight"].shape[0] == 3
+    assert math.isfinite(res.history[-1]["seg"])

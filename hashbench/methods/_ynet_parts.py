@@ -162,13 +162,13 @@ class YNet(nn.Module):
 
     ``head``: "class" (R-MAC + L2 + cosine classifier, class-level circle loss), "pairwise" (R-MAC +
     L2, pairwise circle loss: no classifier), "ce" (R-MAC + L2 + linear classifier, cross-entropy) or
-    None (no R-MAC branch). ``fpn``: build the segmentation branch. ``learn_omega``: ω = sigmoid(θ) with
-    θ a parameter initialised at logit(omega).
+    None (no R-MAC branch). ``fpn``: build the segmentation branch, predicting ``mask_classes`` classes
+    per pixel. ``learn_omega``: ω = sigmoid(θ) with θ a parameter initialised at logit(omega).
     """
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int, bits: int, *,
                  head: Optional[str], fpn: bool, rmac_levels: int = 3, blocks: int = 2,
-                 learn_omega: bool = False, omega: float = 0.5):
+                 learn_omega: bool = False, omega: float = 0.5, mask_classes: int = 2):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8),
                                   nn.ReLU(inplace=True))
@@ -190,7 +190,7 @@ class YNet(nn.Module):
             elif head == "ce":
                 self.classifier = nn.Linear(RMAC_CHANNELS, num_classes)
         if fpn:
-            self.fpn = FPN()
+            self.fpn = FPN(mask_classes)
         if learn_omega:
             self.omega_logit = nn.Parameter(torch.tensor(math.log(omega / (1 - omega))))
 
@@ -229,14 +229,15 @@ class YNet(nn.Module):
 class FPN(nn.Module):
     """FPN branch (paper Sec. III-D): top conv on the core node, three top-down blocks t3, t2, t1 made by
     bilinear up-sampling and element-wise addition of the bottom-up blocks b3, b2, b1 (b3, b2 brought to
-    32 channels by 1x1 lateral convolutions), and a 3x3 predictor giving 2-class logits at input size."""
+    32 channels by 1x1 lateral convolutions), and a 3x3 predictor giving ``mask_classes`` logits per pixel
+    at input size (2 for a binary lesion mask; 3 for optic disc and cup plus background)."""
 
-    def __init__(self):
+    def __init__(self, mask_classes: int = 2):
         super().__init__()
         self.top = nn.Conv2d(CORE_CHANNELS, FPN_CHANNELS, 1)
         self.lat3 = nn.Conv2d(STAGE_OUT[2], FPN_CHANNELS, 1)
         self.lat2 = nn.Conv2d(STAGE_OUT[1], FPN_CHANNELS, 1)
-        self.predict = nn.Conv2d(FPN_CHANNELS, 2, 3, 1, 1)
+        self.predict = nn.Conv2d(FPN_CHANNELS, mask_classes, 3, 1, 1)
 
     @staticmethod
     def _up_add(x, y):

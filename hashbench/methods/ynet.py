@@ -17,10 +17,14 @@ CITATION = ("Fang J, Fu H, Zeng D, Yan X, Yan Y, Liu J. Combating Ambiguity for 
             "Instance Retrieval. IEEE Journal of Biomedical and Health Informatics, 2021.")
 PAPER = "../shared/papers/003_f78fd417245629b2.txt"
 
+OMEGA_MODES = ("balance", "fixed", "descent")
 OMEGA = Param("omega", 0.5, search=(0.1, 0.9), bounds=(0.0, 1.0),
-              help="ω in L = ω·L_circle + (1-ω)·L_seg (Eq. 2); with learn_omega, its initial value")
-LEARN_OMEGA = Param("learn_omega", False, type="bool",
-                    help="learn ω = sigmoid(θ) by gradient on L, as the authors' released code does")
+              help="ω in L = ω·L_circle + (1-ω)·L_seg (Eq. 2): its initial value (paper: 0.5), or its "
+                   "value when omega_mode=fixed")
+OMEGA_MODE = Param("omega_mode", "balance", type="choice", choices=OMEGA_MODES, search=("balance", "fixed"),
+                   help="balance: ω = sigmoid(θ) learned so that ω·L_circle = (1-ω)·L_seg (the paper's "
+                        "'same order of magnitude'); fixed: ω stays; descent: θ by gradient on L "
+                        "(the released code; drifts to the smaller loss)")
 GAMMA = Param("gamma", 32.0, search=(8.0, 128.0), log=True, bounds=(1.0, 1024.0), help="circle loss scale γ")
 MARGIN = Param("margin", 0.25, search=(0.05, 0.45), bounds=(0.0, 0.5), help="circle loss relaxation margin m")
 CIRCLE_FORM = Param("circle_form", "class", type="choice", choices=("class", "pairwise"),
@@ -34,14 +38,16 @@ WEIGHT_DECAY = Param("weight_decay", 1e-3, bounds=(0.0, 1.0), help="SGD weight d
 
 def _model_builder(head, fpn: bool):
     def build_model(ctx: ModelContext, hp: dict) -> YNet:
-        learn = bool(hp.get("learn_omega", False))
+        mode = hp.get("omega_mode", "fixed")
+        learn = mode != "fixed" and head is not None and fpn   # ω exists only with both branches
         omega = hp.get("omega", 0.5)
         if learn and not 0.0 < omega < 1.0:
-            raise HashbenchError(f"parameter 'omega' = {omega}: with learn_omega it must lie strictly "
+            raise HashbenchError(f"parameter 'omega' = {omega}: with omega_mode={mode} it must lie strictly "
                                  f"between 0 and 1 (it is the initial value of sigmoid(θ))")
         model = YNet(ctx.in_channels, ctx.image_size, ctx.num_classes, ctx.bits,
                      head=hp.get("circle_form", head) if head == "circle" else head, fpn=fpn,
-                     rmac_levels=hp.get("rmac_levels", 3), learn_omega=learn, omega=omega)
+                     rmac_levels=hp.get("rmac_levels", 3), learn_omega=learn, omega=omega,
+                     mask_classes=getattr(ctx, "mask_classes", 2))
         if model.grid is None:
             s = model.core_size
             raise HashbenchError(
@@ -57,9 +63,20 @@ class YNetLoss(nn.Module):
 
     L_cls: circle loss (``circle_loss``, Sun et al. Eq. 4) with γ, m on cosine similarities — to the
     class vectors (``class``) or between the batch's descriptors (``pairwise``) — or softmax
-    cross-entropy (``ce``); L_seg: pixel-wise cross-entropy of the 2-class mask logits against
-    ``batch.masks``. Without an FPN branch ω = 1, without an R-MAC branch ω = 0. A learned ω is
-    ``model.omega()`` = sigmoid(θ); dL/dθ = ω(1 − ω)(L_cls − L_seg).
+    cross-entropy (``ce``); L_seg: pixel-wise cross-entropy of the mask logits (one per mask class)
+    against ``batch.masks``. Without an FPN branch ω = 1, without an R-MAC branch ω = 0.
+
+    ω ("initially set as 0.5"; the coupled loss unifies "the losses to the same order of magnitude",
+    Sec. III-E) by ``omega_mode``:
+
+    * ``balance`` (default): ω = sigmoid(θ), θ from logit(0.5) = 0. The network is trained on
+      ``ω̄·L_cls + (1 − ω̄)·L_seg`` with ω̄ = ω held constant, and θ descends
+      ``½(θ − logit(ω*))²`` with ``ω* = L_seg / (L_cls + L_seg)`` (losses held constant): the ω at which
+      ``ω·L_cls = (1 − ω)·L_seg``, both weighted terms of the same magnitude. This term's value is
+      removed from ``loss`` (it only adds θ's gradient), so ``loss`` is the coupled loss.
+    * ``descent``: ω = sigmoid(θ) trained by gradient on L itself, dL/dθ = ω(1 − ω)(L_cls − L_seg):
+      ω drifts towards the branch with the smaller loss (the authors' released code).
+    * ``fixed``: ω = ``omega``.
     """
 
     def __init__(self, method_id: str, cls: str | None, seg: bool, hp: dict):
@@ -67,6 +84,7 @@ class YNetLoss(nn.Module):
         self.method_id, self.cls, self.seg = method_id, cls, seg
         self.gamma, self.margin = hp.get("gamma", 32.0), hp.get("margin", 0.25)
         self.omega = hp.get("omega", 0.5)  # used only when both branches exist
+        self.omega_mode = hp.get("omega_mode", "fixed")
 
     def forward(self, out: dict, batch, model) -> dict:
         terms = {}
@@ -77,8 +95,21 @@ class YNetLoss(nn.Module):
             terms["seg"] = seg_loss(out["seg_logits"], batch.masks, self.method_id)
         if self.cls is not None and self.seg:
             learned = model.omega()
-            w = self.omega if learned is None else learned
-            total = w * terms[name] + (1 - w) * terms["seg"]
+            if learned is None:                                            # fixed ω
+                w = self.omega
+                total = w * terms[name] + (1 - w) * terms["seg"]          # Eq. 2
+            elif self.omega_mode == "balance":
+                w = learned
+                wd = w.detach()
+                total = wd * terms[name] + (1 - wd) * terms["seg"]        # Eq. 2 with ω̄ constant
+                l_cls, l_seg = terms[name].detach(), terms["seg"].detach()
+                target = (l_seg / (l_cls + l_seg).clamp_min(1e-12)).clamp(1e-4, 1 - 1e-4)   # ω*
+                balance = 0.5 * (model.omega_logit - torch.logit(target)) ** 2               # θ's objective
+                total = total + (balance - balance.detach())              # adds its gradient, not its value
+                terms["omega_target"] = target
+            else:                                                          # descent: dL/dθ through L
+                w = learned
+                total = w * terms[name] + (1 - w) * terms["seg"]          # Eq. 2
             terms["omega"] = torch.as_tensor(w, dtype=torch.float32, device=total.device).detach()
         else:
             total = next(iter(terms.values()))
@@ -96,7 +127,8 @@ class YNetLoss(nn.Module):
 
 
 def seg_loss(logits: torch.Tensor, masks, method_id: str) -> torch.Tensor:
-    """Pixel-wise cross-entropy (paper Sec. IV-B) of logits (B, 2, h, w) vs masks (B, H, W) in {0, 1};
+    """Pixel-wise cross-entropy (paper Sec. IV-B) of logits (B, M, h, w) vs masks (B, H, W) of class ids
+    0..M-1 (M = the store's ``mask_classes``: 2 for a lesion mask, 3 for optic disc / cup / background);
     logits are bilinearly resized to the masks' size when they differ."""
     if masks is None:
         raise HashbenchError(f"method {method_id!r} trains on segmentation masks, but the batch has none; "
@@ -125,7 +157,7 @@ register(Method(
     id="ynet", summary="Y-Net: core node trained by circle loss (R-MAC branch) + mask CE (FPN branch), "
                        "codes by parameter-free aggregation",
     build_model=_model_builder("circle", True), build_loss=_loss_builder("ynet", "circle", True),
-    params=(OMEGA, LEARN_OMEGA, GAMMA, MARGIN, CIRCLE_FORM, RMAC_LEVELS, LR, WEIGHT_DECAY),
+    params=(OMEGA, OMEGA_MODE, GAMMA, MARGIN, CIRCLE_FORM, RMAC_LEVELS, LR, WEIGHT_DECAY),
     requires=Requirements(masks=True, multi_label=False, min_image_size=16), **_COMMON))
 
 register(Method(
@@ -143,5 +175,5 @@ register(Method(
 register(Method(
     id="ynet-ce", summary="Y-Net ablation with softmax cross-entropy instead of circle loss on R-MAC",
     build_model=_model_builder("ce", True), build_loss=_loss_builder("ynet-ce", "ce", True),
-    params=(OMEGA, LEARN_OMEGA, RMAC_LEVELS, LR, WEIGHT_DECAY),
+    params=(OMEGA, OMEGA_MODE, RMAC_LEVELS, LR, WEIGHT_DECAY),
     requires=Requirements(masks=True, multi_label=False, min_image_size=16), **_COMMON))

@@ -128,6 +128,7 @@ class ModelContext:
     num_classes: int
     bits: int
     multi_label: bool = False
+    mask_classes: int = 2  # segmentation classes of the store's masks (meta "mask_classes"; 0 background)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,9 @@ def add_parser(sub) -> None:
                     help="csv: label column; repeat for one 0/1 column per class (default: label)")
     pr.add_argument("--label-sep", help="csv: separator of several labels in one cell (multi-label)")
     pr.add_argument("--mask-column", help="csv: mask path column")
+    pr.add_argument("--mask-values", choices=("binary", "classes"), default="binary",
+                    help="folder/csv masks: binary = any non-zero pixel is foreground (default); "
+                         "classes = the pixel value is the class id (0 background, e.g. 1 disc, 2 cup)")
     pr.add_argument("--group-column", help="csv: group / patient id column")
     pr.add_argument("--split-column", help="csv: split column (train/val/test)")
     pr.add_argument("--out", help="write the store here instead of $HASHBENCH_DATA/NAME")
@@ -124,7 +127,8 @@ def run_prepare(args) -> int:
                    classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
                    seed=args.seed, ratios=ratios, skip_invalid=args.skip_invalid,
                    path_column=args.path_column, label_columns=labels, label_sep=args.label_sep,
-                   mask_column=args.mask_column, group_column=args.group_column,
+                   mask_column=args.mask_column, mask_values=args.mask_values,
+                   group_column=args.group_column,
                    split_column=args.split_column)
     t0 = time.perf_counter()
     ds = prepare(args.name, args.source, args.format, options=opts, out=args.out,

@@ -9,6 +9,7 @@ import numpy as np
 
 from hashbench.platform.errors import HashbenchError
 
+MASK_VALUES = ("binary", "classes")
 SPLIT_ALIASES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 1, "test": 2,
                  "testing": 2, "0": 0, "1": 1, "2": 2}
 
@@ -30,6 +31,9 @@ class Options:
     label_columns: list[str] | None = None
     label_sep: str | None = None
     mask_column: str | None = None
+    # masks: "binary" = any non-zero pixel is 1 (several masks of an image: union);
+    # "classes" = the pixel value is the class id (0 background; several masks: pixel-wise maximum)
+    mask_values: str = "binary"
     group_column: str | None = None
     split_column: str | None = None
     limit: int | None = None           # testing aid: read at most this many source images

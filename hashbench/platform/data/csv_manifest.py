@@ -159,3 +159,5 @@ def load(source: Path, opts: Options) -> Loaded:
                   split=split, groups=groups,
                   masks=np.stack([m for _, m in decoded]) if opts.mask_column else None,
                   notes={"rows": len(rows), "items_without_label": int((labels.sum(1) == 0).sum())})
+        if opts.mask_values == "classes":  # pixel value = class id
+            return x, resize_mask(np.asarray(m.convert("L")), opts.size, opts.fit, classes=True)

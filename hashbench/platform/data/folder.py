@@ -123,14 +123,18 @@ def load(source: Path, opts: Options) -> Loaded:
         x = resize_image(im, opts.size, channels, opts.fit)
         if not mask_paths:
             return x, None
-        union = np.zeros((im.size[1], im.size[0]), bool)
+        classes = opts.mask_values == "classes"
+        union = np.zeros((im.size[1], im.size[0]), np.uint8 if classes else bool)
         for mp in mask_paths:
             m = read_image(mp, "mask")
             if m.size != im.size:
                 raise HashbenchError(f"{mp}: mask is {m.size[0]}x{m.size[1]} but its image "
                                      f"{img_path.name} is {im.size[0]}x{im.size[1]}")
-            union |= np.asarray(m.convert("L")) > 0
-        return x, resize_mask(union, opts.size, opts.fit)
+            if classes:  # pixel value = class id; several masks: the larger id wins
+                np.maximum(union, np.asarray(m.convert("L")), out=union)
+            else:
+                union |= np.asarray(m.convert("L")) > 0
+        return x, resize_mask(union, opts.size, opts.fit, classes=classes)
 
     decoded = parallel_map(decode, items)
     images = np.stack([x for x, _ in decoded])

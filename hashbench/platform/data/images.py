@@ -84,10 +84,15 @@ def resize_image(im, size: int, channels: int, fit: str) -> np.ndarray:
     return to_array(im, channels).transpose(2, 0, 1)
 
 
-def resize_mask(mask: np.ndarray, size: int, fit: str) -> np.ndarray:
-    """{0,1} uint8 ``(size, size)`` from a boolean/0-1 mask (nearest neighbour)."""
+def resize_mask(mask: np.ndarray, size: int, fit: str, classes: bool = False) -> np.ndarray:
+    """uint8 ``(size, size)`` by nearest neighbour: {0, 1} from a boolean / 0-1 mask, or, with
+    ``classes``, the mask's own values (class ids) kept as they are."""
     from PIL import Image
 
+    if classes:
+        im = fit_square(Image.fromarray(np.asarray(mask, np.uint8), mode="L"), size, fit,
+                        Image.Resampling.NEAREST)
+        return np.asarray(im).astype(np.uint8)
     im = Image.fromarray((mask > 0).astype(np.uint8) * 255, mode="L")
     im = fit_square(im, size, fit, Image.Resampling.NEAREST)
     return (np.asarray(im) > 127).astype(np.uint8)

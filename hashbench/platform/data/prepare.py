@@ -7,7 +7,7 @@ import importlib
 import re
 from pathlib import Path
 
-from hashbench.platform.data.base import Loaded, Options
+from hashbench.platform.data.base import MASK_VALUES, Loaded, Options
 from hashbench.platform.data.images import FITS, check_size
 from hashbench.platform.data.split import check_ratios, resolve_split
 from hashbench.platform.data.store import BUILTIN_ROOT, PreparedDataset, data_root, write_store
@@ -103,6 +103,8 @@ def prepare(name: str, source: str | Path, format: str | None = None, *,
     if opts.channels not in (None, 1, 3):
         raise HashbenchError(f"--channels must be 1 or 3, got {opts.channels}")
     if opts.fit not in FITS:
+    if opts.mask_values not in MASK_VALUES:
+        raise HashbenchError(f"--mask-values must be one of {', '.join(MASK_VALUES)}, got {opts.mask_values!r}")
         raise HashbenchError(f"--fit must be one of {', '.join(FITS)}, got {opts.fit!r}")
     opts.ratios = check_ratios(opts.ratios)
     dest = Path(out).expanduser() if out is not None else store_path(name)

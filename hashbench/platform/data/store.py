@@ -3,7 +3,7 @@
 Layout (docs/architecture.md, "Prepared data store"):
 
     images.npy  uint8 (N, C, S, S)      labels.npy  uint8 multi-hot (N, K)
-    split.npy   int8 (N,) 0/1/2         masks.npy   optional uint8 (N, S, S) in {0, 1}
+    split.npy   int8 (N,) 0/1/2         masks.npy   optional uint8 (N, S, S), class ids 0..mask_classes-1
     groups.npy  optional int64 (N,)     meta.json   names, provenance, counts, fingerprint
 
 Arrays are opened with ``np.load(mmap_mode="r")``. Stores are written into a temporary sibling
@@ -70,6 +70,14 @@ class PreparedDataset:
     @property
     def has_masks(self) -> bool:
         return self.masks is not None
+
+    @property
+    def mask_classes(self) -> int:
+        """Segmentation classes of the masks (0 = background): ``meta["mask_classes"]``; 2 for stores
+        written before it was recorded (their masks are {0, 1}); 0 without masks."""
+        if self.masks is None:
+            return 0
+        return int(self.meta.get("mask_classes", 2))
 
     @property
     def image_size(self) -> int:
@@ -161,7 +169,7 @@ def _as_multi_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
-def _validate(images, labels, split, masks, groups, class_names) -> None:
+def _validate(images, labels, split, masks, groups, class_names, mask_classes=None) -> None:
     n = images.shape[0] if images.ndim == 4 else -1
     if images.ndim != 4 or images.dtype != np.uint8 or images.shape[1] not in (1, 3) \
             or images.shape[2] != images.shape[3]:
@@ -176,24 +184,28 @@ def _validate(images, labels, split, masks, groups, class_names) -> None:
     if split.shape != (n,) or not np.isin(split, (0, 1, 2)).all():
         raise HashbenchError(f"split: expected (N,) with values 0 train / 1 val / 2 test, got shape "
                              f"{split.shape} values {np.unique(split)[:5].tolist()}")
-    if masks is not None and (masks.shape != (n, images.shape[2], images.shape[3])
-                              or not np.isin(masks, (0, 1)).all()):
-        raise HashbenchError(f"masks: expected (N, S, S) in {{0, 1}} = {(n, *images.shape[2:])}, "
-                             f"got {masks.shape}")
+    if masks is not None and masks.shape != (n, images.shape[2], images.shape[3]):
+        raise HashbenchError(f"masks: expected shape (N, S, S) = {(n, *images.shape[2:])}, got {masks.shape}")
+    if masks is not None and mask_classes is not None and masks.size and int(masks.max()) >= mask_classes:
+        raise HashbenchError(f"masks: values are class ids 0..{mask_classes - 1} (mask_classes={mask_classes}), "
+                             f"got a value {int(masks.max())}")
     if groups is not None and groups.shape != (n,):
         raise HashbenchError(f"groups: expected shape ({n},), got {groups.shape}")
 
 
 def write_store(dest: str | Path, images: np.ndarray, labels: np.ndarray, split: np.ndarray, *,
                 class_names: list[str], masks: np.ndarray | None = None,
-                groups: np.ndarray | None = None, name: str | None = None, source: str = "",
+                groups: np.ndarray | None = None, mask_classes: int | None = None,
+                name: str | None = None, source: str = "",
                 format: str = "synthetic", license: str = "", attribution: str = "",
                 extra: dict | None = None, overwrite: bool = False) -> PreparedDataset:
     """Validate and atomically write a store at ``dest``; return it opened (memory-mapped).
 
     ``labels`` are class ids ``(N,)`` or multi-hot ``(N, K)``; ``split`` holds 0/1/2 (or the names
     ``"train"``/``"val"``/``"test"``); ``name`` defaults to the directory name. ``extra`` is merged
-    into meta.json (e.g. preparation options). Raises HashbenchError if ``dest`` exists and
+    into meta.json (e.g. preparation options). ``masks`` hold one class id per pixel (0 =
+    background; binary masks are {0, 1}); ``mask_classes`` (recorded in meta.json) defaults to
+    ``max(2, largest value + 1)``. Raises HashbenchError if ``dest`` exists and
     ``overwrite`` is false; with ``overwrite`` the old store is replaced only after the new one is
     complete.
     """
@@ -206,9 +218,22 @@ def write_store(dest: str | Path, images: np.ndarray, labels: np.ndarray, split:
     if split.dtype.kind in "US":
         split = np.array([split_code(str(s)) for s in split], np.int8)
     split = split.astype(np.int8)
-    masks = None if masks is None else np.ascontiguousarray(masks, dtype=np.uint8)
+    if masks is not None:
+        raw = np.asarray(masks)
+        if raw.dtype.kind not in "biu" or (raw.size and (int(raw.min()) < 0 or int(raw.max()) > 255)):
+            raise HashbenchError(f"masks: expected integer class ids in 0..255, got {raw.dtype} values "
+                                 f"{(raw.min(), raw.max()) if raw.size else ()}")
+        masks = np.ascontiguousarray(raw, dtype=np.uint8)
+        if mask_classes is None:
+            mask_classes = max(2, int(masks.max()) + 1 if masks.size else 2)
+        elif isinstance(mask_classes, bool) or not isinstance(mask_classes, (int, np.integer)) \
+                or not 2 <= mask_classes <= 256:
+            raise HashbenchError(f"mask_classes: expected an integer in [2, 256], got {mask_classes!r}")
+        mask_classes = int(mask_classes)
+    else:
+        mask_classes = None
     groups = None if groups is None else np.asarray(groups, dtype=np.int64)
-    _validate(images, labels, split, masks, groups, class_names)
+    _validate(images, labels, split, masks, groups, class_names, mask_classes)
     if dest.exists() and not overwrite:
         raise HashbenchError(f"{dest}: a dataset named {name!r} already exists; "
                              f"pass --overwrite to replace it")
@@ -221,6 +246,7 @@ def write_store(dest: str | Path, images: np.ndarray, labels: np.ndarray, split:
         "multi_label": bool((labels.sum(axis=1) != 1).any()),
         "channels": int(images.shape[1]), "size": int(images.shape[2]),
         "has_masks": masks is not None, "has_groups": groups is not None,
+        **({"mask_classes": mask_classes} if masks is not None else {}),
         "counts": _counts(labels, split, class_names),
         "store_version": STORE_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
