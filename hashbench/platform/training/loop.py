@@ -199,11 +199,6 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     ctx = ModelContext(in_channels=ds.channels, image_size=ds.image_size, num_classes=ds.num_classes,
                        bits=cfg.bits, multi_label=ds.multi_label, mask_classes=ds.mask_classes or 2)
 
-    train = cached_split(ds, "train", device, masks=method.requires.masks)
-    val = cached_split(ds, "val", device) if rank == 0 else None
-    _sync(device)
-    ph["load_s"] = time.perf_counter() - t_ph
-
     torch.manual_seed(_seed_for(cfg.seed, 0xC0DE))
     model = method.build_model(ctx, hp).to(device)
     loss_fn = method.build_loss(ctx, hp).to(device)
