@@ -102,9 +102,9 @@ def prepare(name: str, source: str | Path, format: str | None = None, *,
         opts.patch = check_size(opts.patch if opts.patch is not None else opts.size, "--patch")
     if opts.channels not in (None, 1, 3):
         raise HashbenchError(f"--channels must be 1 or 3, got {opts.channels}")
-    if opts.fit not in FITS:
     if opts.mask_values not in MASK_VALUES:
         raise HashbenchError(f"--mask-values must be one of {', '.join(MASK_VALUES)}, got {opts.mask_values!r}")
+    if opts.fit not in FITS:
         raise HashbenchError(f"--fit must be one of {', '.join(FITS)}, got {opts.fit!r}")
     opts.ratios = check_ratios(opts.ratios)
     dest = Path(out).expanduser() if out is not None else store_path(name)
