@@ -152,6 +152,8 @@ def load(source: Path, opts: Options) -> Loaded:
             raise HashbenchError(f"{path}:{rows[i][0]}: mask {masks_paths[i].name} is "
                                  f"{m.size[0]}x{m.size[1]} but its image {images[i].name} is "
                                  f"{im.size[0]}x{im.size[1]}")
+        if opts.mask_values == "classes":  # pixel value = class id
+            return x, resize_mask(np.asarray(m.convert("L")), opts.size, opts.fit, classes=True)
         return x, resize_mask(np.asarray(m.convert("L")) > 0, opts.size, opts.fit)
 
     decoded = parallel_map(decode, range(len(rows)))
@@ -159,5 +161,3 @@ def load(source: Path, opts: Options) -> Loaded:
                   split=split, groups=groups,
                   masks=np.stack([m for _, m in decoded]) if opts.mask_column else None,
                   notes={"rows": len(rows), "items_without_label": int((labels.sum(1) == 0).sum())})
-        if opts.mask_values == "classes":  # pixel value = class id
-            return x, resize_mask(np.asarray(m.convert("L")), opts.size, opts.fit, classes=True)
