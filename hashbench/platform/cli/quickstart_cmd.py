@@ -17,7 +17,8 @@ import time
 #: per split items kept in the quickstart subsets (train is also the retrieval database)
 SUBSETS = {"pneumoniamnist": (384, 96, 160), "busi": (192, 48, 96)}
 #: smaller backbones for the quickstart, where a method has these parameters
-QUICK_PARAMS = {"arch": "resnet18", "width": 16, "depth": 18}
+#: (and, for the kernel hashers, anchors that fit the 384-item train subset; SDH's paper value is 1000)
+QUICK_PARAMS = {"arch": "resnet18", "width": 16, "depth": 18, "anchors": 256}
 QUICK_WIDTH_FAMILIES = ("constellation",)  # 'width' there is the ResNet width (64 in the paper)
 
 
