@@ -457,7 +457,8 @@ def test_registry_entries_are_valid_and_join_the_quickstart():
             if p.type in ("float", "int"):
                 lo, hi = p.bounds
                 assert (lo is None or p.search[0] >= lo) and (hi is None or p.search[1] <= hi), (mid, p.name)
-                assert p.search[0] <= p.default <= p.search[1], (mid, p.name)
+                if (mid, p.name) != ("dch-sdh", "anchors"):   # SDH's m = 1000 exceeds BUSI: searched below
+                    assert p.search[0] <= p.default <= p.search[1], (mid, p.name)
     assert get_method("ce-embedding").also_binary and get_method("ce-embedding").code_type == "float"
     assert all(get_method(i).finalize is not None for i in ("dch-ksh", "dch-sdh", "dch-cca-itq", "drn-ksh"))
     assert get_method("dch-ksh").param_map["anchors"].default == 300                  # KSH: m = 300

@@ -249,7 +249,9 @@ def sign(x: torch.Tensor) -> torch.Tensor:
 
 
 def anchors_param(default: int, search: tuple, paper: str) -> Param:
-    return Param("anchors", default, type="int", search=search, bounds=(1, None),
+    """``anchors``: the paper's m as default; sweeps search ``search`` (log), kept within every built-in
+    dataset's train size so that no trial fails for want of train items."""
+    return Param("anchors", default, type="int", search=search, log=True, bounds=(1, None),
                  help=f"m, kernel anchors drawn from the train split ({paper}); at most the train size")
 
 

@@ -2,18 +2,19 @@
 
 The DCH paper's "KSH+CNNF" row (Table II). The KSH fit is also used by ``drn-ksh``.
 
-KSH (equation numbers of the CVPR paper):
+KSH (the paper is not in ../shared/papers; its equations are written out here and labelled [K1]-[K6],
+the labels docs/methods/supervised-two-stage.md uses):
 
 * hash functions ``h_k(x) = sgn(a_kᵀ k̄(x))`` on the centred kernel features
-  ``k̄(x) = [k(x_(1), x) − μ_1, …, k(x_(m), x) − μ_m]ᵀ`` of ``m`` anchors (eq. 2-4;
-  :func:`hashbench.methods._supervised_hashing.fit_kernel`);
-* on ``l`` labelled items, pairwise labels ``S_ij = +1`` (share a label) / ``−1`` (eq. 5) and
-  the code inner-product objective ``min ‖H_l H_lᵀ − r S‖²_F`` over ``H_l = sgn(K̄_l A)`` (eq. 6-7);
+  ``k̄(x) = [k(x_(1), x) − μ_1, …, k(x_(m), x) − μ_m]ᵀ`` of ``m`` anchors [K1]
+  (:func:`hashbench.methods._supervised_hashing.fit_kernel`);
+* on ``l`` labelled items, pairwise labels ``S_ij = +1`` (share a label) / ``−1`` and
+  the code inner-product objective ``min ‖H_l H_lᵀ − r S‖²_F`` over ``H_l = sgn(K̄_l A)`` [K2];
 * greedy, one bit at a time, on the residue ``R_{k−1} = r S − Σ_{t<k} h_t h_tᵀ``:
-  ``min_a −sgn(K̄_l a)ᵀ R_{k−1} sgn(K̄_l a)`` (eq. 8-9), initialised by the spectral relaxation
-  ``K̄_lᵀ R_{k−1} K̄_l a = λ K̄_lᵀ K̄_l a`` (eq. 10, largest λ, scaled so aᵀK̄_lᵀK̄_l a = l), then the
+  ``min_a −sgn(K̄_l a)ᵀ R_{k−1} sgn(K̄_l a)`` [K3], initialised by the spectral relaxation
+  ``K̄_lᵀ R_{k−1} K̄_l a = λ K̄_lᵀ K̄_l a`` ([K4], largest λ, scaled so aᵀK̄_lᵀK̄_l a = l), then the
   sigmoid smoothing ``φ(x) = 2/(1 + e^{−x}) − 1`` of sgn: ``min Q̃(a) = −φ(K̄_l a)ᵀ R_{k−1} φ(K̄_l a)``
-  (eq. 11) with gradient ``∇Q̃ = −K̄_lᵀ((R_{k−1} b) ⊙ (1 − b ⊙ b))``, ``b = φ(K̄_l a)`` (eq. 12);
+  [K5] with gradient ``∇Q̃ = −K̄_lᵀ((R_{k−1} b) ⊙ (1 − b ⊙ b))``, ``b = φ(K̄_l a)`` [K6];
   the smoothed solution is kept only if its discrete objective beats the spectral one;
 * ``R_k = R_{k−1} − h_k h_kᵀ``.
 
@@ -43,7 +44,7 @@ def similarity(labels: torch.Tensor) -> torch.Tensor:
 
 
 def spectral_init(kbar: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Eq. (10): the top generalised eigenvector of ``(K̄ᵀRK̄, K̄ᵀK̄ + δI)``, scaled to aᵀ(K̄ᵀK̄ + δI)a = l."""
+    """[K4]: the top generalised eigenvector of ``(K̄ᵀRK̄, K̄ᵀK̄ + δI)``, scaled to aᵀ(K̄ᵀK̄ + δI)a = l."""
     l, m = kbar.shape
     gram = kbar.T @ kbar
     gram = gram + RIDGE * (torch.trace(gram) / m + 1e-12) * torch.eye(m, dtype=kbar.dtype, device=kbar.device)
@@ -57,14 +58,14 @@ def spectral_init(kbar: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 def smooth_objective(kbar: torch.Tensor, r: torch.Tensor, a: torch.Tensor):
-    """Eq. (11): ``Q̃(a) = −φ(K̄a)ᵀ R φ(K̄a)``, φ(x) = 2/(1 + e^{−x}) − 1 = tanh(x/2). Returns (Q̃, b, Rb)."""
+    """[K5]: ``Q̃(a) = −φ(K̄a)ᵀ R φ(K̄a)``, φ(x) = 2/(1 + e^{−x}) − 1 = tanh(x/2). Returns (Q̃, b, Rb)."""
     b = torch.tanh(0.5 * (kbar @ a))
     rb = r @ b
     return -float(b @ rb), b, rb
 
 
 def smooth_gradient(kbar: torch.Tensor, b: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
-    """Eq. (12): ``∇Q̃ = −K̄ᵀ((R b) ⊙ (1 − b ⊙ b))`` (φ'(x) = (1 − φ²)/2 and ∂(bᵀRb)/∂b = 2Rb)."""
+    """[K6]: ``∇Q̃ = −K̄ᵀ((R b) ⊙ (1 − b ⊙ b))`` (φ'(x) = (1 − φ²)/2 and ∂(bᵀRb)/∂b = 2Rb)."""
     return -(kbar.T @ (rb * (1.0 - b * b)))
 
 
@@ -112,7 +113,7 @@ def ksh_fit(kbar: torch.Tensor, s: torch.Tensor, bits: int, iterations: int):
 
     Returns ``(A, info)``: ``A`` (m, bits) and ``info`` with per-bit ``traces`` (Q̃ over the
     optimisation), ``discrete`` / ``discrete_spectral`` (−hᵀR_{k−1}h of the kept / spectral
-    solution) and ``residue`` (‖R_k‖²_F for k = 0 … bits, the objective of eq. 7 after k bits).
+    solution) and ``residue`` (‖R_k‖²_F for k = 0 … bits, the objective [K2] after k bits).
     """
     r = bits * s                                                               # R_0 = r S
     cols, info = [], {"traces": [], "discrete": [], "discrete_spectral": [], "residue": [float((r * r).sum())]}
@@ -145,7 +146,7 @@ def fit(feats: torch.Tensor, labels: torch.Tensor, bits: int, hp: dict, generato
 HASHER = sh.Hasher(
     name="KSH", fit=fit, kernel=True,
     params=(
-        sh.anchors_param(300, (100, 1000), "KSH: m = 300"),
+        sh.anchors_param(300, (64, 512), "KSH: m = 300"),
         sh.SIGMA_SCALE,
         Param("labeled", 2000, type="int", search=(500, 5000), log=True, bounds=(2, None),
               help="l, train items with pairwise labels (KSH: 1000 and 2000); all when fewer"),

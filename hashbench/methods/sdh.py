@@ -1,18 +1,19 @@
 """``dch-sdh``: Supervised Discrete Hashing (Shen, Shen, Liu, Shen, CVPR 2015) on DCH CNN features.
 
-The DCH paper's "SDH+CNNF" row (Table II). SDH, with items as rows (the paper writes them as
-columns; equation numbers of the CVPR paper):
+The DCH paper's "SDH+CNNF" row (Table II). SDH with items as rows (the paper writes them as
+columns; it is not in ../shared/papers: the equations are written out and labelled [S1]-[S4], the
+labels docs/methods/supervised-two-stage.md uses):
 
-    min_{B, W, P}  ‖Y − B W‖²_F + λ‖W‖²_F + ν‖B − F(X)‖²_F,   B ∈ {−1, 1}^{n×L}        (eq. 3-5)
+    min_{B, W, P}  ‖Y − B W‖²_F + λ‖W‖²_F + ν‖B − F(X)‖²_F,   B ∈ {−1, 1}^{n×L}        [S1]
 
-with the hash function ``F(x) = Pᵀ φ(x)`` on ``m`` RBF anchor features φ (eq. 4; centred here, see
+with the hash function ``F(x) = Pᵀ φ(x)`` on ``m`` RBF anchor features φ (centred here, see
 below) and ``Y`` the (n, C) label matrix. Alternating minimisation, ``outer_iterations`` times:
 
-* G-step (eq. 6):  ``W = (BᵀB + λI)⁻¹ BᵀY``;
-* F-step (eq. 7):  ``P = (φᵀφ)⁻¹ φᵀB`` (a ridge ``δ·tr(φᵀφ)/m`` is added, ``δ = ridge``);
-* B-step (eq. 8-13): ``min_B ‖BW‖² − 2 tr(Bᵀ Q)``, ``Q = Y Wᵀ + ν F(X)``, by discrete cyclic
+* G-step [S2]:  ``W = (BᵀB + λI)⁻¹ BᵀY``;
+* F-step [S3]:  ``P = (φᵀφ)⁻¹ φᵀB`` (a ridge ``δ·tr(φᵀφ)/m`` is added, ``δ = ridge``);
+* B-step [S4]: ``min_B ‖BW‖² − 2 tr(Bᵀ Q)``, ``Q = Y Wᵀ + ν F(X)``, by discrete cyclic
   coordinate descent (DCC): bit column ``z`` (n) at a time, the others ``B'`` and their rows ``W'``
-  of W fixed, ``z = sgn(q − B' W' wᵀ)`` (eq. 13; ``q`` and ``w`` the column of Q and row of W of that
+  of W fixed, ``z = sgn(q − B' W' wᵀ)`` (``q`` and ``w`` the column of Q and row of W of that
   bit), ``dcc_iterations`` sweeps over the bits (fewer when a sweep changes nothing).
 
 After the last B-step, P is fitted once more to the final B, so the hash function reproduces the
@@ -31,18 +32,18 @@ CITATION = ("Shen F, Shen C, Liu W, Shen HT. Supervised discrete hashing. CVPR 2
 
 
 def objective(y, b, w, phi, p, lam: float, nu: float) -> float:
-    """Eq. (5): ``‖Y − BW‖² + λ‖W‖² + ν‖B − φP‖²``."""
+    """[S1]: ``‖Y − BW‖² + λ‖W‖² + ν‖B − φP‖²``."""
     return float(((y - b @ w) ** 2).sum() + lam * (w ** 2).sum() + nu * ((b - phi @ p) ** 2).sum())
 
 
 def g_step(b: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
-    """Eq. (6): ``W = (BᵀB + λI)⁻¹ BᵀY`` (L, C)."""
+    """[S2]: ``W = (BᵀB + λI)⁻¹ BᵀY`` (L, C)."""
     eye = torch.eye(b.shape[1], dtype=b.dtype, device=b.device)
     return torch.linalg.solve(b.T @ b + lam * eye, b.T @ y)
 
 
 def f_step(phi: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
-    """Eq. (7): ``P = (φᵀφ + δI)⁻¹ φᵀB`` (m, L), δ = ``ridge``·tr(φᵀφ)/m."""
+    """[S3]: ``P = (φᵀφ + δI)⁻¹ φᵀB`` (m, L), δ = ``ridge``·tr(φᵀφ)/m."""
     gram = phi.T @ phi
     m = gram.shape[0]
     gram = gram + ridge * (torch.trace(gram) / m + 1e-12) * torch.eye(m, dtype=phi.dtype, device=phi.device)
@@ -50,7 +51,7 @@ def f_step(phi: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
 
 
 def dcc_bit(b: torch.Tensor, w: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
-    """Eq. (13) for bit ``k``: ``z = sgn(q − B' W' w_kᵀ)``, the minimiser of ``‖BW‖² − 2tr(BᵀQ)`` over
+    """[S4] for bit ``k``: ``z = sgn(q − B' W' w_kᵀ)``, the minimiser of ``‖BW‖² − 2tr(BᵀQ)`` over
     column k of B with the other columns fixed (sgn(0) = +1). Returns the new column (n,)."""
     keep = torch.arange(b.shape[1], device=b.device) != k
     return sh.sign(q[:, k] - b[:, keep] @ (w[keep] @ w[k]))
@@ -74,7 +75,7 @@ def dcc(b: torch.Tensor, w: torch.Tensor, q: torch.Tensor, sweeps: int) -> torch
 def sdh_fit(phi: torch.Tensor, y: torch.Tensor, bits: int, *, lam: float, nu: float, outer: int, sweeps: int,
             ridge: float, generator: torch.Generator):
     """SDH on centred anchor features ``phi`` (n, m) and labels ``y`` (n, C). Returns ``(P, B, W, history)``,
-    ``history`` the objective (eq. 5) after each G-, F- and B-step."""
+    ``history`` the objective [S1] after each G-, F- and B-step."""
     b = sh.sign(torch.randn(phi.shape[0], bits, generator=generator, dtype=phi.dtype)).to(phi.device)
     history = []
     p = torch.zeros(phi.shape[1], bits, dtype=phi.dtype, device=phi.device)
@@ -100,7 +101,7 @@ def fit(feats: torch.Tensor, labels: torch.Tensor, bits: int, hp: dict, generato
 HASHER = sh.Hasher(
     name="SDH", fit=fit, kernel=True,
     params=(
-        sh.anchors_param(1000, (100, 2000), "SDH: m = 1000"),
+        sh.anchors_param(1000, (64, 512), "SDH: m = 1000"),
         sh.SIGMA_SCALE,
         Param("lambda", 1.0, search=(1e-3, 1e2), log=True, bounds=(0, None),
               help="λ, weight of ‖W‖² in the classification term (SDH: 1)"),
