@@ -49,18 +49,10 @@ def _params_for(sets: dict, method: str, dataset: str) -> dict:
 
 
 def mean_ci(values) -> tuple:
-    """``(mean, 95 % Student-t half-width, n)``; the half-width is NaN below two values."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(vals)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = sum(vals) / n
-    if n < 2:
-        return mean, math.nan, n
-    from scipy.stats import t
+    """``(mean, 95 % Student-t half-width, n)`` (the leaderboard's); the half-width is NaN below two values."""
+    from hashbench.platform.leaderboard import mean_ci as _mean_ci
 
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n
+    return _mean_ci(values, 0.95)
 
 
 def _fmt_ci(mean: float, half: float) -> str:
