@@ -50,7 +50,7 @@ def run_bad(capsys, data_home, args, *expected):
     rc = main(["data", "prepare", "t", *args])
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert err.startswith("hashbench data: error: ")
+    assert err.startswith("hashbench data: error: ") and err.count("\n") == 1, err  # one line
     for piece in expected:
         assert piece in err, err
     assert list(data_home.iterdir()) == [], "a store or temporary folder was left behind"
@@ -159,7 +159,7 @@ def test_skip_invalid_records_dropped_boxes(tmp_path, data_home, capsys):
     xml = src / "Annotations" / "x1.xml"
     xml.write_text(xml.read_text().replace("<name>B</name>", "<name>A</name>"))
     assert main(["data", "prepare", "t", "--format", "voc", "--source", str(src), "--size", "4",
-                 "--skip-invalid", "--split", "1,1,1"]) == 0
+                 "--skip-invalid", "--split", "0.4,0.3,0.3"]) == 0
     from hashbench.platform.data import load_dataset
     ds = load_dataset("t")
     assert len(ds) == 1 and ds.meta["notes"]["skipped_boxes"][0].endswith("has zero area "
@@ -192,7 +192,7 @@ def test_size_not_positive(tmp_path, data_home, capsys, flag, value):
 def test_name_exists_without_overwrite(tmp_path, data_home, capsys):
     src = classes_folder(tmp_path / "src")
     args = ["data", "prepare", "t", "--format", "folder", "--source", str(src), "--size", "8",
-            "--split", "1,1,2"]
+            "--split", "0.25,0.25,0.5"]
     assert main(args) == 0
     before = (data_home / "t" / "meta.json").read_text()
     assert main(args) == 2
@@ -203,3 +203,85 @@ def test_name_exists_without_overwrite(tmp_path, data_home, capsys):
     assert sorted(p.name for p in data_home.iterdir()) == ["t"]
     from hashbench.platform.data import load_dataset
     assert load_dataset("t").image_size == 4
+
+
+# ---- issue 17: bad inputs that gave a traceback (exit 1) or were taken silently (exit 0) -------------
+
+def medmnist_npz(path, labels=None, **extra):
+    z = np.zeros((4, 5, 5), np.uint8)
+    y = np.array([[0], [1], [0], [1]]) if labels is None else labels
+    arrays = dict(train_images=z, train_labels=y, test_images=z, test_labels=np.array([[0], [1], [0], [1]]))
+    arrays.update(extra)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_size_above_the_maximum(tmp_path, data_home, capsys):
+    src = points_source(tmp_path / "src")
+    run_bad(capsys, data_home, ["--format", "points", "--source", str(src), "--size", "100000"],
+            "--size 100000 is too large: at most 1024 pixels")
+    npz = medmnist_npz(tmp_path / "m.npz")
+    run_bad(capsys, data_home, ["--format", "medmnist", "--source", str(npz), "--size", "1025"],
+            "--size 1025 is too large: at most 1024 pixels")
+
+
+def test_medmnist_object_arrays_are_refused_not_unpickled(tmp_path, data_home, capsys):
+    objects = np.empty(4, dtype=object)
+    objects[:] = [np.zeros((5, 5), np.uint8)] * 4
+    npz = medmnist_npz(tmp_path / "o.npz", train_images=objects)
+    run_bad(capsys, data_home, ["--format", "medmnist", "--source", str(npz)],
+            f"{npz}: train_images is an array of Python objects (dtype object), which hashbench does not "
+            "load", "expected train_images as uint8 images")
+
+
+def test_medmnist_nan_labels_are_named(tmp_path, data_home, capsys):
+    npz = medmnist_npz(tmp_path / "n.npz", labels=np.array([[0.0], [np.nan], [0.0], [1.0]]))
+    err = run_bad(capsys, data_home, ["--format", "medmnist", "--source", str(npz)],
+                  f"{npz}: train_labels: row 1 holds nan; labels must be whole class ids >= 0")
+    assert "negative class id" not in err
+
+
+def test_random_bytes_are_not_a_npz(tmp_path, data_home, capsys):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    err = run_bad(capsys, data_home, ["--format", "medmnist", "--source", str(junk)],
+                  f"{junk}: not a .npz archive (a .npz is a zip file")
+    assert "allow_pickle" not in err
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes(medmnist_npz(tmp_path / "whole.npz").read_bytes()[:200])
+    run_bad(capsys, data_home, ["--format", "medmnist", "--source", str(truncated)],
+            f"{truncated}: not a readable .npz archive")
+
+
+def test_out_under_a_file_cannot_exist(tmp_path, data_home, capsys):
+    src = classes_folder(tmp_path / "src")
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    out = blocker / "sub" / "store"
+    run_bad(capsys, data_home, ["--format", "folder", "--source", str(src), "--out", str(out)],
+            f"--out {out}: {blocker} is a file, not a folder")
+    assert blocker.read_text() == "not a folder"
+    # a parent the kernel refuses to create (under /proc): refused as one line, no folder left behind
+    out = tmp_path / "new" / "deeper" / "store"
+    run_bad(capsys, data_home, ["--format", "folder", "--source", str(src), "--size", "4",
+                                "--out", "/proc/hashbench-cannot-exist/store"],
+            "/proc/hashbench-cannot-exist/store: cannot write the store")
+    assert not (tmp_path / "new").exists()
+
+
+def test_csv_missing_value_label_is_not_a_class(tmp_path, data_home, capsys):
+    save(tmp_path / "a.png", img())
+    save(tmp_path / "b.png", img())
+    (tmp_path / "m.csv").write_text("path,label\na.png,x\nb.png,NaN\n")
+    run_bad(capsys, data_home, ["--format", "csv", "--source", str(tmp_path / "m.csv")],
+            f"{tmp_path / 'm.csv'}:3: label 'NaN' in column 'label' is a missing-value marker, not a class")
+    # listed in --classes, it is a class name the user chose
+    assert main(["data", "prepare", "t", "--format", "csv", "--source", str(tmp_path / "m.csv"),
+                 "--classes", "x,NaN", "--size", "4", "--split", "0.5,0.25,0.25"]) == 0
+
+
+@pytest.mark.parametrize("ratios,total", [("0.9,0.9,0.9", "2.7"), ("7,1,2", "10"), ("0.5,0.1,0.2", "0.8")])
+def test_split_ratios_must_sum_to_one(tmp_path, data_home, capsys, ratios, total):
+    src = classes_folder(tmp_path / "src")
+    run_bad(capsys, data_home, ["--format", "folder", "--source", str(src), "--split", ratios],
+            f"--split {ratios}: the ratios sum to {total}; they must sum to 1 (e.g. 0.7,0.1,0.2)")

@@ -153,7 +153,7 @@ def test_csv_one_column_per_class(tmp_path):
     save(tmp_path / "b.png", ramp(6, 6, 1))
     (tmp_path / "m.csv").write_text("path,x,y\na.png,1,0\nb.png,1,1\n")
     ds = prepare("c", tmp_path / "m.csv", "csv", out=tmp_path / "s",
-                 options=Options(size=6, label_columns=["x", "y"], ratios=(1, 1, 1)))
+                 options=Options(size=6, label_columns=["x", "y"], ratios=(0.4, 0.3, 0.3)))
     assert ds.class_names == ["x", "y"] and ds.labels.tolist() == [[1, 0], [1, 1]]
 
 

@@ -65,4 +65,7 @@ def test_group_leak_in_source_split_and_bad_ratios():
     for bad in ((0.7, 0.3), (0.8, 0.0, 0.2), (1, -1, 1)):
         with pytest.raises(HashbenchError, match="--split ratios must be three positive"):
             check_ratios(bad)
-    assert check_ratios((7, 1, 2)) == pytest.approx((0.7, 0.1, 0.2))
+    assert check_ratios((0.7, 0.1, 0.2)) == pytest.approx((0.7, 0.1, 0.2))
+    for bad in ((7, 1, 2), (0.9, 0.9, 0.9), (0.5, 0.1, 0.2)):  # not silently renormalised
+        with pytest.raises(HashbenchError, match=r"the ratios sum to .*; they must sum to 1"):
+            check_ratios(bad)

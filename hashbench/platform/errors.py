@@ -11,3 +11,7 @@ class HashbenchError(Exception):
     """A user-facing error: bad input, a missing file, an invalid setting."""
 
     exit_code = 2
+
+
+class HashbenchWarning(UserWarning):
+    """A user-facing warning (e.g. a skipped file); the CLI prints it as one line naming what was skipped."""

@@ -1,15 +1,17 @@
 """The leaderboard: a directory of Parquet files, one row per finished trial.
 
-Every row is written as its own file, first to a hidden temporary name in the same directory and
-then renamed into place (``os.replace``), so concurrent trials never corrupt or lose each other's
-rows and a reader never sees a half-written file. The file name is derived from the row's
-``(sweep_id, trial_id)`` (or its ``run_id``), so writing the row of the same trial again replaces
-it: a resumed sweep cannot duplicate rows.
+Storage (``hashbench.platform.leaderboard_store``, re-exported here): every row is written as its own
+file under a name unique to that write (a hash of the row's key, a time stamp, random bits), first to
+a hidden temporary name and then renamed into place, so concurrent trials never corrupt or lose each
+other's rows and a reader never sees a half-written file. Readers keep the most recently written row
+of each key (``(sweep_id, trial_id)``, else ``run_id``), so writing a trial again replaces its row: a
+resumed sweep cannot duplicate rows. :func:`compact` (``hashbench leaderboard compact``, and the end
+of every sweep) merges the files into one, atomically and safely beside writers and other compactions.
 
 Schema: ``SCHEMA`` (version ``SCHEMA_VERSION``), documented in docs/leaderboard.md. Each file
 carries its ``schema_version``. Reading upgrades older files in memory through ``UPGRADES``
-(``UPGRADES[v]`` turns a version-``v`` frame into a version-``v + 1`` frame), skips corrupt or
-partial files with a warning naming them, and refuses files written by a newer hashbench.
+(``UPGRADES[v]`` turns a version-``v`` frame into a version-``v + 1`` frame), and skips corrupt or
+partial files and files written by a newer hashbench with one warning per file naming it.
 """
 
 from __future__ import annotations
@@ -172,57 +174,12 @@ def row_from_result(result: Any, *, sweep_id: str = "", trial_id: str = "", stat
     return row
 
 
-def _file_name(row: dict) -> str:
-    if row.get("sweep_id") and row.get("trial_id"):
-        key = f"{row['sweep_id']}__{row['trial_id']}"
-    elif row.get("run_id"):
-        key = f"run__{row['run_id']}"
-    else:
-        raise HashbenchError("a leaderboard row needs a sweep_id and trial_id, or a run_id")
-    return re.sub(r"[^A-Za-z0-9._=-]", "_", key) + ".parquet"
-
-
-def row_path(directory: str | os.PathLike, row: dict) -> Path:
-    """Where ``row`` is (or would be) stored in ``directory``."""
-    return Path(directory) / _file_name(row)
-
-
 def _frame(rows: Iterable[dict]) -> pl.DataFrame:
     rows = list(rows)
     unknown = sorted({k for r in rows for k in r} - set(SCHEMA))
     if unknown:
         raise HashbenchError(f"leaderboard row has unknown columns {unknown}; valid columns: {', '.join(SCHEMA)}")
     return pl.DataFrame([{k: r.get(k) for k in SCHEMA} for r in rows], schema=SCHEMA, orient="row")
-
-
-def append_row(directory: str | os.PathLike, row: dict) -> Path:
-    """Write ``row`` as one Parquet file in ``directory`` (atomically); returns its path.
-
-    The same (sweep_id, trial_id) maps to the same file, so writing a trial twice keeps one row.
-    """
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HashbenchError(f"leaderboard directory {directory}: cannot create it ({exc.strerror})") from None
-    row = {"schema_version": SCHEMA_VERSION, "row_id": uuid.uuid4().hex, **row}
-    frame = _frame([row])
-    dest = directory / _file_name(row)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet.part", dir=directory)
-    except OSError as exc:
-        raise HashbenchError(f"leaderboard directory {directory}: not writable ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            frame.write_parquet(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return dest
 
 
 def check_writable(directory: str | os.PathLike, what: str = "leaderboard directory") -> Path:
@@ -248,55 +205,6 @@ def _upgrade(frame: pl.DataFrame, version: int, path: Path) -> pl.DataFrame:
         frame = UPGRADES[version](frame)
         version += 1
     return frame.with_columns(pl.lit(SCHEMA_VERSION, pl.Int64).alias("schema_version"))
-
-
-def read_leaderboard(directory: str | os.PathLike) -> pl.DataFrame:
-    """Every row in ``directory`` as one frame over ``SCHEMA`` (empty frame if there are none).
-
-    Corrupt or partial files are skipped with a warning naming them; files of an older schema are
-    upgraded in memory; files of a newer schema raise HashbenchError naming them.
-    """
-    directory = Path(directory)
-    if not directory.exists():
-        return pl.DataFrame(schema=SCHEMA)
-    if not directory.is_dir():
-        raise HashbenchError(f"leaderboard directory {directory}: not a directory")
-    frames, skipped, newer = [], [], []
-    for path in sorted(directory.rglob("*.parquet")):
-        if path.name.startswith("."):
-            continue
-        try:
-            frame = pl.read_parquet(path)
-            versions = frame["schema_version"].unique().to_list()
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, by name
-            skipped.append(f"{path} ({type(exc).__name__})")
-            continue
-        if len(versions) != 1 or versions[0] is None:
-            skipped.append(f"{path} (no single schema_version)")
-            continue
-        version = int(versions[0])
-        if version > SCHEMA_VERSION:
-            newer.append(f"{path} (version {version})")
-            continue
-        frame = _upgrade(frame, version, path)
-        missing = [c for c in SCHEMA if c not in frame.columns]
-        if missing:
-            skipped.append(f"{path} (missing columns {missing})")
-            continue
-        try:
-            frames.append(frame.select([pl.col(c).cast(t) for c, t in SCHEMA.items()]))
-        except Exception as exc:  # noqa: BLE001
-            skipped.append(f"{path} (bad column types: {type(exc).__name__})")
-    if newer:
-        raise HashbenchError(
-            f"leaderboard {directory} holds files of a newer schema than this hashbench reads "
-            f"(version {SCHEMA_VERSION}): {', '.join(newer)}; upgrade hashbench to read them")
-    if skipped:
-        warnings.warn(f"leaderboard {directory}: skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}",
-                      stacklevel=2)
-    if not frames:
-        return pl.DataFrame(schema=SCHEMA)
-    return pl.concat(frames, how="vertical")
 
 
 def filter_rows(df: pl.DataFrame, *, dataset: Optional[Iterable[str]] = None,
@@ -397,3 +305,9 @@ def leaderboard_view(df: pl.DataFrame, *, all_runs: bool = False) -> pl.DataFram
     view = best.join(seeds, on=[*GROUP, "params_json"], how="left")
     return view.select([*VIEW_COLUMNS[:6], "test_mAP@100_mean", "test_mAP@100_ci95", "n_seeds",
                         *VIEW_COLUMNS[6:]])
+
+
+# The storage layer (file naming, writing, reading, compaction): hashbench/platform/leaderboard_store.py
+from hashbench.platform.leaderboard_store import (  # noqa: E402 - it reads SCHEMA & co. from this module
+    Compaction, LeaderboardWarning, append_row, compact, compact_quietly, has_row, read_leaderboard, row_key,
+    row_path)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
 from hashbench import __version__
-from hashbench.platform.errors import HashbenchError
+from hashbench.platform.errors import HashbenchError, HashbenchWarning
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # (module in this package, in the order they are listed by --help)
 SUBCOMMANDS = ["data", "methods", "eval", "train", "fewshot", "sweep", "leaderboard", "reproduce",
@@ -37,20 +41,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _clean_warnings(command: str):
+    """A ``warnings.showwarning`` that prints hashbench's own warnings (a skipped file, ...) as one
+    line ``hashbench <command>: warning: <message>`` on stderr, without Python's file:line prefix;
+    warnings of other libraries keep Python's format."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        ours = issubclass(category, HashbenchWarning) or (
+            issubclass(category, UserWarning) and os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep))
+        if not ours:
+            return default(message, category, filename, lineno, file, line)
+        text = " ".join(str(message).split())  # one line
+        try:
+            print(f"hashbench {command}: warning: {text}", file=file or sys.stderr)
+        except (OSError, ValueError):
+            pass
+
+    return show
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away (``hashbench data info | head``): stop quietly, no traceback.
+
+    Later writes (and the interpreter's final flush) go to /dev/null; the status is 141, a
+    SIGPIPE'd command's, as `yes | head` gives."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    saved = warnings.showwarning
+    warnings.showwarning = _clean_warnings(args.command)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except HashbenchError as exc:
         print(f"hashbench {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"hashbench {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = saved
 
 
 if __name__ == "__main__":

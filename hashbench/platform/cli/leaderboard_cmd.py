@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--all-runs", action="store_true", help="every row, not only the best per group")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     p.set_defaults(func=run)
+    add_compact_parser(p)
 
 
 def _fmt(v) -> str:
@@ -101,3 +102,38 @@ def with_seed_text(view):
         view = view.insert_column(view.columns.index("test_mAP@100") + 1,
                                   pl.Series("test_mAP@100 seeds (95% CI)", text))
     return view
+
+
+def add_compact_parser(p) -> None:
+    """``hashbench leaderboard compact [--dir DIR]``: merge the one-row files (docs/leaderboard.md)."""
+    import argparse
+
+    actions = p.add_subparsers(dest="lb_action", metavar="[compact]")
+    actions.required = False
+    c = actions.add_parser(
+        "compact", help="merge the leaderboard's files into one (fast reads; safe while sweeps write)",
+        description="Merge every file of a leaderboard directory into one Parquet file, atomically: the "
+                    "merged file is in place before the files it replaces are removed, rows written "
+                    "meanwhile are kept, and the newest row of each trial wins. Sweeps do this when they "
+                    "finish; run it after many `hashbench train` runs or an interrupted sweep.")
+    c.add_argument("--leaderboard", "--dir", dest="dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="leaderboard directory (default: as for `hashbench leaderboard`)")
+    c.set_defaults(func=run_compact)
+
+
+def run_compact(args) -> int:
+    import os
+
+    from hashbench.platform.errors import HashbenchError
+    from hashbench.platform.leaderboard import compact
+
+    given = getattr(args, "dir", None)
+    try:
+        from hashbench.platform.defaults import find_leaderboard
+        found = find_leaderboard(given)[0]
+    except ImportError:  # a build without the recent-leaderboard defaults
+        found = given or "leaderboard"
+    if not os.path.isdir(found):
+        raise HashbenchError(f"leaderboard directory {found}: no such directory; pass --dir DIR")
+    print(compact(found).line())
+    return 0

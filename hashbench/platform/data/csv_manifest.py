@@ -31,6 +31,9 @@ from hashbench.platform.data.images import is_grey, parallel_map, read_image, re
 from hashbench.platform.data.folder import read_header
 from hashbench.platform.errors import HashbenchError
 
+#: cells that spreadsheets and pandas write for a missing value; never silently a class of their own
+MISSING_LABELS = frozenset({"nan", "na", "n/a", "<na>", "null", "nat"})  # "none" stays a class ("no finding")
+
 
 def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """Header and (line number, row) pairs; raises on a missing header or ragged rows."""
@@ -97,6 +100,11 @@ def load(source: Path, opts: Options) -> Loaded:
             toks = [t for t in toks if t]
             if not toks:
                 raise HashbenchError(f"{path}:{no}: empty label in column {col!r}")
+            missing = next((t for t in toks if t.lower() in MISSING_LABELS), None)
+            if missing is not None and (opts.classes is None or missing not in opts.classes):
+                raise HashbenchError(f"{path}:{no}: label {missing!r} in column {col!r} is a missing-value "
+                                     f"marker, not a class; give the row its class, drop the row, or list "
+                                     f"{missing!r} in --classes to make it a class")
             if opts.classes is not None:
                 bad = next((t for t in toks if t not in opts.classes), None)
                 if bad is not None:

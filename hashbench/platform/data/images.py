@@ -108,7 +108,18 @@ def resize_array(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
     return out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
 
 
+#: The largest output side (``--size``) and points patch (``--patch``), in pixels (docs/data.md). A
+#: store holds every image decoded in memory (N x C x size x size bytes): 1024 is far above the
+#: 28-256 px retrieval models use, and a typo such as ``--size 100000`` is refused before any work.
+MAX_SIZE = 1024
+MAX_PATCH = 4096
+
+
 def check_size(size: int, what: str = "--size") -> int:
     if size is None or int(size) <= 0:
         raise HashbenchError(f"{what} must be a positive number of pixels, got {size}")
+    limit = MAX_PATCH if what == "--patch" else MAX_SIZE
+    if int(size) > limit:
+        raise HashbenchError(f"{what} {size} is too large: at most {limit} pixels (a prepared store keeps "
+                             f"every image in memory); choose e.g. 64, 128 or 256")
     return int(size)

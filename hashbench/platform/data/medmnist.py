@@ -7,6 +7,8 @@ val split carved from train (see :mod:`.split`).
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,42 @@ from hashbench.platform.data.images import parallel_map, resize_array
 from hashbench.platform.errors import HashbenchError
 
 SPLITS = ("train", "val", "test")
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members / an empty zip
 
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma of uint8 (..., 3), the same integer formula PIL's convert("L") uses."""
     r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def _array(npz, key: str, source: Path) -> np.ndarray:
+    """``npz[key]``, refusing arrays of Python objects (loading them means unpickling)."""
+    try:
+        arr = npz[key]
+    except ValueError as exc:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        raise HashbenchError(f"{source}: {key} is an array of Python objects (dtype object), which "
+                             f"hashbench does not load (unpickling can run code); expected {key} as "
+                             f"{'uint8 images' if key.endswith('_images') else 'integer class ids'}") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise HashbenchError(f"{source}: {key} is unreadable ({type(exc).__name__}); the .npz is "
+                             f"damaged or truncated") from None
+    if arr.dtype.kind not in "biuf":
+        raise HashbenchError(f"{source}: {key} has dtype {arr.dtype}; expected "
+                             f"{'uint8 images' if key.endswith('_images') else 'integer class ids'}")
+    return arr
+
+
+def check_label_values(y: np.ndarray, where: str) -> None:
+    """Labels must be whole numbers >= 0: a NaN, an infinity or a fraction is named, not cast."""
+    if y.dtype.kind != "f" or y.size == 0:
+        return
+    bad = ~np.isfinite(y) | (y != np.round(y))
+    if bad.any():
+        i = int(np.flatnonzero(bad.reshape(len(y), -1).any(axis=1))[0])
+        value = y.reshape(len(y), -1)[i][bad.reshape(len(y), -1)[i]][0]
+        raise HashbenchError(f"{where}: row {i} holds {float(value)!r}; labels must be whole class ids >= 0 "
+                             f"(or 0/1 for multi-label), with no NaN or missing values")
 
 
 def load(source: Path, opts: Options) -> Loaded:
@@ -33,11 +65,19 @@ def load(source: Path, opts: Options) -> Loaded:
         source = files[0]
     if not source.is_file():
         raise HashbenchError(f"{source}: MedMNIST .npz file not found")
+    with open(source, "rb") as fh:
+        magic = fh.read(4)
+    if magic not in ZIP_MAGIC:  # numpy would try it as a pickle and hint at allow_pickle
+        raise HashbenchError(f"{source}: not a .npz archive (a .npz is a zip file of .npy arrays, which "
+                             f"starts with 'PK'; this file starts with {magic!r}); pass MedMNIST's "
+                             f"<name>.npz as --source")
     try:
         npz = np.load(source, allow_pickle=False)
         keys = set(npz.files)
-    except (OSError, ValueError) as exc:
-        raise HashbenchError(f"{source}: not a readable .npz file ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise HashbenchError(f"{source}: not a readable .npz archive ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); pass MedMNIST's "
+                             f"<name>.npz as --source") from None
     present = [s for s in SPLITS if f"{s}_images" in keys]
     for s in present:
         if f"{s}_labels" not in keys:
@@ -50,13 +90,14 @@ def load(source: Path, opts: Options) -> Loaded:
     for code, s in enumerate(SPLITS):
         if s not in present:
             continue
-        x = npz[f"{s}_images"][: opts.limit]
-        y = npz[f"{s}_labels"][: opts.limit]
+        x = _array(npz, f"{s}_images", source)[: opts.limit]
+        y = _array(npz, f"{s}_labels", source)[: opts.limit]
         if x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] != 3):
             raise HashbenchError(f"{source}: {s}_images must be uint8 (n, H, W) or (n, H, W, 3), "
                                  f"got {x.dtype} {x.shape}")
         if y.ndim == 1:
             y = y[:, None]
+        check_label_values(y, f"{source}: {s}_labels")
         if y.ndim != 2 or len(y) != len(x):
             raise HashbenchError(f"{source}: {s}_labels must be (n, 1) or (n, C) with n = "
                                  f"{len(x)}, got {y.shape}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import re
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def prepare(name: str, source: str | Path, format: str | None = None, *,
                              f"to replace it")
     if not source.exists():
         raise HashbenchError(f"{source}: source not found")
+    missing_dirs = check_destination(dest, "--out" if out is not None else "data directory ($HASHBENCH_DATA)")
 
     loader = importlib.import_module(f"hashbench.platform.data.{FORMATS[format]}")
     loaded: Loaded = loader.load(source, opts)
@@ -122,12 +124,48 @@ def prepare(name: str, source: str | Path, format: str | None = None, *,
     extra = {"recipe": key, "prepare": settings, "notes": loaded.notes,
              "split_protocol": _split_protocol(loaded.split), "split_seed": opts.seed}
     lic = license if license is not None else (loaded.license or rec.get("license", ""))
-    ds = write_store(dest, loaded.images, loaded.labels, split, class_names=loaded.class_names,
+    try:  # write_store creates missing parent folders: remove them again if it fails
+        ds = write_store(dest, loaded.images, loaded.labels, split, class_names=loaded.class_names,
                      masks=loaded.masks, groups=loaded.groups, name=name, source=str(source.resolve()),
                      format=format, license=lic,
                      attribution=attribution if attribution is not None else rec.get("attribution", ""),
                      extra=extra, overwrite=overwrite)
+    except OSError as exc:
+        _remove_dirs(missing_dirs)
+        raise HashbenchError(f"{dest}: cannot write the store ({exc.strerror or exc}); nothing was "
+                             f"written") from None
+    except BaseException:
+        _remove_dirs(missing_dirs)
+        raise
     return ds
+
+
+def check_destination(dest: Path, what: str) -> list:
+    """Refuse a store path that cannot be created (a file on the way, no write permission) before
+    any work; return the folders that do not exist yet (created by the write, removed on failure)."""
+    missing, probe = [], dest.parent
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            raise HashbenchError(f"{what} {dest}: {probe} is a broken symbolic link; choose another path")
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise HashbenchError(f"{what} {dest}: {probe} is a file, not a folder, so {dest} cannot be created; "
+                             f"choose a path under an existing folder")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise HashbenchError(f"{what} {dest}: the folder {probe} is not writable; choose a folder you can "
+                             f"write to")
+    return missing
+
+
+def _remove_dirs(dirs: list) -> None:
+    for d in dirs:  # deepest first; only if still empty
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
 def _split_protocol(split) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 from hashbench.platform.errors import HashbenchError
 
 SPLIT_NAMES = ("train", "val", "test")
+RATIO_TOLERANCE = 1e-6  # |train + val + test - 1| allowed (0.7 + 0.1 + 0.2 is 0.9999999999999999)
 
 
 def check_ratios(ratios) -> tuple[float, float, float]:
@@ -21,6 +22,9 @@ def check_ratios(ratios) -> tuple[float, float, float]:
         raise HashbenchError(f"--split ratios must be three positive numbers train,val,test "
                              f"(e.g. 0.7,0.1,0.2), got {','.join(map(str, ratios))}")
     total = sum(r)
+    if abs(total - 1.0) > RATIO_TOLERANCE:  # never renormalised silently: 0.9,0.9,0.9 is a typo
+        raise HashbenchError(f"--split {','.join(f'{x:g}' for x in r)}: the ratios sum to {total:g}; they must "
+                             f"sum to 1 (e.g. 0.7,0.1,0.2)")
     return tuple(x / total for x in r)  # type: ignore[return-value]
 
 

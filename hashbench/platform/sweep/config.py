@@ -1,4 +1,5 @@
-"""The sweep configuration file: parsed with ``yaml.safe_load`` and validated before anything runs.
+"""The sweep configuration file: parsed with ``yaml.safe_load`` semantics (duplicate keys refused,
+:mod:`hashbench.platform.yaml_util`) and validated before anything runs.
 
 Every mistake is a :class:`HashbenchError` naming the file, the line where known, the field, the
 value and what would be valid. See docs/sweeps.md for the format.
@@ -16,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from hashbench.platform.errors import HashbenchError
+from hashbench.platform.yaml_util import load_yaml
 
 TOP_KEYS = ("name", "methods", "datasets", "bits", "trials", "epochs", "seed", "seeds", "asha",
             "resources", "max_failures", "train", "storage", "leaderboard", "out_dir")
@@ -168,6 +170,10 @@ def _bits(v: Any, where: str) -> list:
     for b in _list(v, where):
         if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
             raise HashbenchError(f"{where}: code lengths must be integers > 0, got {b!r}")
+        from hashbench.platform.training.config import MAX_BITS
+
+        if b > MAX_BITS:
+            raise HashbenchError(f"{where}: code length {b} is too large; code lengths go from 1 to {MAX_BITS}")
         out.append(b)
     if len(set(out)) != len(out):
         raise HashbenchError(f"{where}: code lengths repeat: {out}")
@@ -228,13 +234,7 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
     """Validate the YAML ``text`` of a sweep config (``source`` names it in messages)."""
     from hashbench.platform.registry import get_method, list_methods
 
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise HashbenchError(f"{source}{line}: malformed YAML: {problem}") from None
+    raw = load_yaml(text, source)  # safe_load semantics; a duplicate key is refused, naming its line
     where = _Where(source, _key_lines(text))
     if not isinstance(raw, dict):
         raise HashbenchError(f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}, got {raw!r}")

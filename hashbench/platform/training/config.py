@@ -97,7 +97,7 @@ class TrainConfig:
         from hashbench.platform.registry import check_requirements, get_method
 
         m = get_method(self.method)  # unknown id -> HashbenchError listing the valid ones
-        self.bits = _positive_int(self.bits, "bits")
+        self.bits = check_bits(self.bits)
         self.epochs = m.epochs if self.epochs is None else _positive_int(self.epochs, "epochs")
         self.batch_size = m.batch_size if self.batch_size is None else _positive_int(self.batch_size, "batch_size")
         self.workers = _positive_int(self.workers, "workers")
@@ -206,6 +206,21 @@ class TrainConfig:
 
 
 _DERIVED = ("hp", "dataset_path", "dataset_fingerprint", "dataset_name")
+
+
+#: The largest code length / embedding dimension (``--bits``, a sweep's ``bits``), documented in
+#: docs/training.md: far above the papers' 8-128 bits and the largest float embeddings (2048), and
+#: small enough that a typo such as ``--bits 10000`` is refused instead of building a huge model.
+MAX_BITS = 4096
+
+
+def check_bits(value, name: str = "bits") -> int:
+    """``value`` as a code length in 1..MAX_BITS, else HashbenchError naming it."""
+    bits = _positive_int(value, name)
+    if bits > MAX_BITS:
+        raise HashbenchError(f"{name} {bits} is too large: code lengths (embedding dimensions) go from 1 to "
+                             f"{MAX_BITS}; the papers use 8 to 128")
+    return bits
 
 
 def _positive_int(value, name: str) -> int:
