@@ -68,11 +68,60 @@ def test_constellation_sampling_cycles_when_fewer_classes_than_k():
     assert one[0].numel() == 0 and one[2].shape == (0, 3)
 
 
+def _ctx(classes):
+    return ModelContext(in_channels=1, image_size=8, num_classes=classes, bits=4)
+
+
 def test_constellation_loss_module_on_one_class_is_zero_with_grad():
     f = _emb(4).requires_grad_()
-    res = get_method("constellation").build_loss(None, {"K": 3})({"embedding": f}, _batch([1, 1, 1, 1]))
+    res = get_method("constellation").build_loss(_ctx(4), {"K": 3})({"embedding": f}, _batch([1, 1, 1, 1]))
     res["loss"].backward()
     assert res["loss"].item() == 0.0 and f.grad is not None
+
+
+def test_k_must_be_below_the_number_of_classes():
+    """Eq. (4) takes K negatives "from K different classes" other than the anchor's: K <= classes - 1."""
+    m = get_method("constellation")
+    with pytest.raises(HashbenchError, match=r"'K' = 2: .* K must lie in \[1, 1\] for the 2 classes"):
+        m.build_loss(_ctx(2), m.resolve({"K": 2}))
+    with pytest.raises(HashbenchError, match=r"'K' = 3: .* \[1, 2\] for the 3 classes"):
+        m.build_loss(_ctx(3), m.resolve())                               # the default K = 3
+    with pytest.raises(HashbenchError, match="at least 2 classes"):
+        m.build_loss(_ctx(1), m.resolve({"K": 1}))
+    assert m.build_loss(_ctx(2), m.resolve({"K": 1})).k == 1
+    assert m.build_loss(_ctx(8), m.resolve({"K": 7})).k == 7
+
+
+@pytest.mark.parametrize("counts,batch,world,spc,per_class", [
+    ([300, 200], 40, 1, 4, {20}),                  # 2 classes: 2 x 20, not 2 x 4 = 8
+    ([60] * 3, 40, 2, 4, {6, 7}),                  # 3 classes, 20 per worker: 7 + 7 + 6
+    ([50] * 13, 40, 1, 3, {3, 4}),                 # 13 classes x 3 = 39, one class gets a 4th item
+    ([50] * 12, 40, 1, 4, {4}),                    # the paper's case: 10 classes x 4
+])
+def test_few_class_batches_are_filled_to_the_batch_size(counts, batch, world, spc, per_class):
+    from hashbench.platform.training.batches import class_balanced_plan
+
+    targets = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    plan = class_balanced_plan(targets, batch, world, spc, torch.Generator().manual_seed(0))
+    assert plan.shape[1:] == (world, batch // world)
+    for s in range(plan.shape[0]):
+        for w in range(world):
+            rows = plan[s, w].tolist()
+            assert len(set(rows)) == len(rows)                          # no item twice in a batch
+            per = {}
+            for r in rows:
+                per[int(targets[r])] = per.get(int(targets[r]), 0) + 1
+            assert set(per.values()) <= per_class and min(per.values()) >= spc
+            assert len(per) == min((batch // world) // spc, len(counts))
+
+
+def test_batches_never_repeat_an_item_when_classes_are_tiny():
+    from hashbench.platform.training.batches import class_balanced_plan
+
+    targets = torch.tensor([0] * 4 + [1] * 5 + [2] * 6)                 # 15 items, batch 40
+    plan = class_balanced_plan(targets, 40, 1, 4, torch.Generator().manual_seed(0))
+    assert plan.shape == (1, 1, 12)                                     # 3 classes x 4 (the smallest class)
+    assert len(set(plan.flatten().tolist())) == 12
 
 
 # ---------------------------------------------------------------- triplet (PML)

@@ -4,7 +4,8 @@ Four methods on one network (:mod:`hashbench.methods._embedding_net`: ResNet, gl
 average pooling, a ``bits``-wide embedding with a sigmoid, L2-normalised except
 for N-pair): ``constellation`` (eq. 4), ``triplet`` (eq. 2 with hard-triplet
 mining), ``npair`` (multi-class N-pair, eq. 3) and ``contrastive`` (eq. 1).
-Batches hold ``spc`` samples per class (the paper's "smart batch selection").
+Batches hold at least ``spc`` samples per class (the paper's "smart batch selection"), filled to
+the batch size on data with few classes.
 Retrieval and the paper's kNN evaluation use the Euclidean distance on the
 embeddings. Choices the paper leaves open are listed in docs/methods/constellation.md.
 """
@@ -83,6 +84,20 @@ class ConstellationLoss(nn.Module):
         a, p, n = sample_constellations(batch.targets, self.k)
         loss = constellation_loss(f, a, p, n)
         return {"loss": loss, "constellation": loss.detach()}
+
+
+def build_constellation_loss(ctx, hp) -> ConstellationLoss:
+    """Eq. (4) needs K negatives from K *other* classes: refuse K >= the number of classes (the
+    negatives would cycle over the same classes and the loss would no longer be eq. 4)."""
+    k, n = hp["K"], ctx.num_classes
+    if n < 2:
+        raise HashbenchError(f"method 'constellation' needs at least 2 classes (K negatives come from other "
+                             f"classes); the dataset has {n}")
+    if k >= n:
+        raise HashbenchError(f"parameter 'K' = {k}: the constellation loss draws its K negatives from K other "
+                             f"classes, so K must lie in [1, {n - 1}] for the {n} classes of this dataset; "
+                             f"use --set K={n - 1} or less")
+    return ConstellationLoss(k)
 
 
 # ---------------------------------------------------------------- triplet (eq. 2)
@@ -224,9 +239,10 @@ def _method(mid: str, summary: str, loss, extra: tuple, normalize: bool = True) 
 
 
 _method("constellation", "Constellation loss: anchor-positive vs K negatives from K other classes (eq. 4)",
-        lambda ctx, hp: ConstellationLoss(hp["K"]),
+        build_constellation_loss,
         (Param("K", 3, type="int", search=(2, 7), bounds=(1, None),
-               help="negatives per anchor-positive pair (paper: 3, 5, 7)"),))
+               help="negatives per anchor-positive pair, from K other classes: K < number of classes "
+                    "(paper: 3, 5, 7)"),))
 _method("triplet", "Triplet loss with hard-triplet mining (positive-loss triplets), Medela & Picon eq. 2",
         lambda ctx, hp: TripletLoss(hp["margin"]),
         (Param("margin", 0.2, search=(0.05, 1.0), bounds=(0, None),

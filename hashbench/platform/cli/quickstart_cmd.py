@@ -18,7 +18,8 @@ import time
 SUBSETS = {"pneumoniamnist": (384, 96, 160), "busi": (192, 48, 96)}
 #: smaller backbones for the quickstart, where a method has these parameters
 #: (and, for the kernel hashers, anchors that fit the 384-item train subset; SDH's paper value is 1000)
-QUICK_PARAMS = {"arch": "resnet18", "width": 16, "depth": 18, "anchors": 256}
+#: K = 1: constellation's K negatives come from K other classes, and pneumoniamnist has 2
+QUICK_PARAMS = {"arch": "resnet18", "width": 16, "depth": 18, "anchors": 256, "K": 1}
 QUICK_WIDTH_FAMILIES = ("constellation",)  # 'width' there is the ResNet width (64 in the paper)
 
 

@@ -143,31 +143,44 @@ def class_balanced_plan(targets: torch.Tensor, batch_size: int, world_size: int,
                         generator: torch.Generator) -> torch.Tensor:
     """An epoch of class-balanced batches as ``(steps, world_size, per_worker)`` row indices.
 
-    Each worker batch holds ``per_worker // spc`` distinct classes with ``spc`` distinct items each
-    (classes with fewer than ``spc`` items are never drawn). Classes are drawn uniformly per batch;
-    each class's items are consumed in chunks of ``spc`` from fresh random permutations (each cut to
-    a multiple of ``spc``), so no item repeats within a batch. About one pass over the data per epoch.
+    Each worker batch holds ``n = min(per_worker // spc, usable classes)`` distinct classes (classes
+    with fewer than ``spc`` items are never drawn), filled to ``per_worker`` items: every class gets
+    ``per_worker // n`` items and ``per_worker % n`` of them one more. So a batch of 40 with ``spc`` 4
+    is 10 classes x 4 on data with many classes, and 2 classes x 20 on a 2-class set (not 2 x 4). No
+    item repeats within a batch: when a drawn class has fewer items than its share, every class gets
+    at most the smallest usable class's count (the batch is then smaller). Classes are drawn uniformly
+    per batch; each class's items are consumed in chunks from fresh random permutations. About one
+    pass over the data per epoch.
     """
     targets = targets.cpu()
     per = batch_size // world_size
     counts = torch.bincount(targets)
     usable = torch.nonzero(counts >= spc).flatten()
     n_cls = min(per // spc, len(usable))
-    steps = max(1, len(targets) // (n_cls * spc * world_size))
+    base, extra = divmod(per, n_cls)
+    chunk = base + (extra > 0)
+    cap = int(counts[usable].min())
+    sizes = torch.full((n_cls,), base, dtype=torch.long)
+    sizes[:extra] += 1
+    if chunk > cap:  # not enough items for the share without repeating one: everyone gets `cap`
+        chunk, sizes = cap, torch.full((n_cls,), cap, dtype=torch.long)
+    keep = torch.arange(chunk)[None, :] < sizes[:, None]  # (n_cls, chunk): the slots a batch uses
+    per_eff = int(sizes.sum())
+    steps = max(1, len(targets) // (per_eff * world_size))
     n_batches = steps * world_size
     # classes of every batch: the first n_cls of a random ordering of the usable classes
     keys = torch.rand(n_batches, len(usable), generator=generator)
     chosen = usable[keys.argsort(dim=1)[:, :n_cls]]  # (n_batches, n_cls)
-    rows = torch.empty(n_batches, n_cls, spc, dtype=torch.long)
+    rows = torch.empty(n_batches, n_cls, chunk, dtype=torch.long)
     flat_choice = chosen.flatten()
     for c in usable.tolist():  # a loop over classes, not samples
         where = torch.nonzero(flat_choice == c).flatten()
         if len(where) == 0:
             continue
         members = torch.nonzero(targets == c).flatten()
-        need, usable_len = len(where) * spc, (len(members) // spc) * spc
+        need, usable_len = len(where) * chunk, (len(members) // chunk) * chunk
         reps = -(-need // usable_len)
         stream = torch.cat([members[torch.randperm(len(members), generator=generator)[:usable_len]]
                             for _ in range(reps)])
-        rows.view(-1, spc)[where] = stream[:need].view(-1, spc)
-    return rows.view(steps, world_size, n_cls * spc)
+        rows.view(-1, chunk)[where] = stream[:need].view(-1, chunk)
+    return rows[:, keep].view(steps, world_size, per_eff)
