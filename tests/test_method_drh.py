@@ -166,23 +166,38 @@ class _Stub(torch.nn.Module):
             self.hash_layer.weight.copy_(w)
 
 
+def _ref_total(h, y, w, lambda_q, lambda_b, lambda_o):
+    """Eq. (3) without weight decay, every term written out with Python loops over items, bits, rows."""
+    n, k = len(h), len(h[0])
+    j_s = _ref_retrieval(h, y)
+    j_q = sum(math.log(math.cosh(abs(v) - 1.0)) for row in h for v in row) / n
+    j_b = -sum(v * v for row in h for v in row) / (2 * n)
+    gram = [[sum(w[a][d] * w[b][d] for d in range(len(w[0]))) for b in range(k)] for a in range(k)]
+    r_o = 0.5 * sum((gram[a][b] - (1.0 if a == b else 0.0)) ** 2 for a in range(k) for b in range(k))
+    return j_s + lambda_q * j_q + lambda_b * j_b + lambda_o * r_o, (j_s, j_q, j_b, r_o)
+
+
 @pytest.mark.parametrize("mid", IDS)
 def test_total_loss_is_the_weighted_sum(mid):
     m = get_method(mid)
     hp = m.resolve()
     ctx = ModelContext(in_channels=1, image_size=8, num_classes=3, bits=4)
     g = torch.Generator().manual_seed(3)
-    h = torch.rand(6, 4, generator=g) * 1.8 - 0.9
+    h = torch.rand(6, 4, generator=g, dtype=torch.float64) * 1.8 - 0.9
     y = _multi_hot([0, 1, 2, 0, 1, 2], 3)
-    w = torch.randn(4, 5, generator=g)
-    out = m.build_loss(ctx, hp)({"h": h}, _batch(y), _Stub(w))
-    expected = drh.retrieval_loss(h, y.float()) + hp["lambda_o"] * drh.orthogonality_reg(w)
-    if mid == "drh-nq":
-        assert "J_Q" not in out and "J_B" not in out
+    w = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    out = m.build_loss(ctx, hp)({"h": h}, _batch(y), _Stub(w.float()))
+    hashing = mid != "drh-nq"
+    expected, (j_s, j_q, _, r_o) = _ref_total(h.tolist(), y.tolist(), w.float().double().tolist(),
+                                              hp["lambda_q"] if hashing else 0.0,
+                                              hp["lambda_b"] if hashing else 0.0, hp["lambda_o"])
+    assert out["J_S"].item() == pytest.approx(j_s, rel=1e-6)
+    assert out["R_O"].item() == pytest.approx(r_o, rel=1e-5)
+    if hashing:
+        assert out["J_Q"].item() == pytest.approx(j_q, rel=1e-6)
     else:
-        expected = expected + hp["lambda_q"] * drh.quantization_loss(h) + hp["lambda_b"] * drh.bit_balance_loss(h)
-        assert out["J_Q"].item() == pytest.approx(drh.quantization_loss(h).item(), rel=1e-6)
-    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+        assert "J_Q" not in out and "J_B" not in out
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
 # ---------------------------------------------------------------- network
@@ -204,7 +219,7 @@ def test_model_shapes_and_code_range(mid, channels, size):
 
 
 def test_residual_and_plain_networks_and_paper_size():
-    ctx = ModelContext(in_channels=1, image_size=224, num_classes=9, bits=64)
+    ctx = ModelContext(in_channels=1, image_size=224, num_classes=9, bits=48)   # width 6 up to 48 bits
     res = get_method("drh").build_model(ctx, get_method("drh").resolve())
     plain = get_method("dph").build_model(ctx, get_method("dph").resolve())
     blocks = [b for b in res.modules() if isinstance(b, BasicBlock)]
@@ -232,6 +247,43 @@ def test_plain_block_has_no_identity_path():
         for p in res.parameters():
             p.zero_()
     torch.testing.assert_close(res(x), torch.relu(x))
+
+
+def _min_orthogonality(k, d, steps=400):
+    """The smallest R_O = ½‖W Wᵀ − I‖²_F over (k, d) matrices found by gradient descent (float64)."""
+    w = (torch.randn(k, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / d ** 0.5)
+    w.requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=0.02)
+    for _ in range(steps):
+        opt.zero_grad()
+        r = drh.orthogonality_reg(w)
+        r.backward()
+        opt.step()
+    return drh.orthogonality_reg(w).item()
+
+
+def test_default_width_lets_64_bit_codes_be_orthogonal():
+    """R_O = ½‖W_h W_hᵀ − I‖²_F (Sec. 3.3) on a (K, D) hashing layer is at least ½(K − D) when D < K
+    (W_h W_hᵀ has rank <= D, so K − D of its eigenvalues are 0): width 6 (D = 48) cannot reach 0 at
+    64 bits (minimum 8); the default width scales so that D >= K and R_O can reach 0."""
+    m = get_method("drh")
+    ctx = ModelContext(in_channels=1, image_size=16, num_classes=2, bits=64)
+    net = m.build_model(ctx, m.resolve())
+    assert m.resolve()["width"] == 0 and net.width == 8 and net.trunk.out_dim == 64
+    assert net.hash_layer.weight.shape == (64, 64)
+    old = m.build_model(ctx, m.resolve({"width": 6}))
+    assert old.trunk.out_dim == 48
+    assert _min_orthogonality(64, 48) == pytest.approx((64 - 48) / 2, abs=1e-3)
+    assert _min_orthogonality(64, 64) < 1e-9                               # vs 8 at D = 48
+    # the features themselves: 80 images give a full-rank (80, 64) feature matrix, so no code bit is
+    # a fixed linear combination of the others
+    torch.manual_seed(0)
+    with torch.no_grad():
+        feats = net.trunk(torch.rand(80, 1, 16, 16)).double()
+    assert torch.linalg.matrix_rank(feats - feats.mean(0)).item() == 64
+    widths = {bits: m.build_model(ModelContext(1, 16, 2, bits), m.resolve()).width for bits in (16, 48, 49, 128)}
+    assert widths == {16: 6, 48: 6, 49: 7, 128: 16}
+    assert m.build_model(ModelContext(1, 16, 2, 128), m.resolve({"width": 5})).width == 5   # explicit wins
 
 
 # ---------------------------------------------------------------- registration
@@ -302,8 +354,7 @@ def test_a_few_steps_reduce_the_loss(mid):
     assert losses[-1] < 0.5 * losses[0]
     assert out["J_S"].item() < 0.1
     with torch.no_grad():
-        codes = torch.where(net.encode(x) >= 0, 1.0, -1.0)      # the platform's sign: 0 -> +1
-    assert set(codes.unique().tolist()) <= {-1.0, 1.0}
+        codes = net.encode(x) >= 0                              # the sign bits (0 -> +1)
     ham = (codes[:, None, :] != codes[None, :, :]).sum(-1).float()
     same = y @ y.T > 0
     assert ham[same].mean() < ham[~same].mean()

@@ -119,12 +119,23 @@ class DRHLoss(nn.Module):
 
 # ---------------------------------------------------------------- network
 
+def drh_width(width: int, bits: int) -> int:
+    """Stage-2 channels: ``width``, or for ``width = 0`` (auto, the default) ``max(6, ceil(bits / 8))``.
+
+    The last stage has 8w channels, the rank of the features the FCH layer sees, so a (K, 8w) W_h
+    can have orthonormal rows (R_O = 0) only when 8w >= K. w = 6 (0.19 M parameters at depth 34, the
+    paper's 0.183 M) up to 48 bits; above, the smallest w with 8w >= K (64 bits: 8, 128 bits: 16).
+    """
+    return int(width) if width else max(6, math.ceil(bits / 8))
+
+
 class DRHNet(nn.Module):
     """Residual (or plain) trunk -> global average pooling -> FCH layer (K units) -> tanh."""
 
     def __init__(self, ctx: ModelContext, depth: int, width: int, residual: bool, stem: str):
         super().__init__()
-        self.trunk = SmallResNet(ctx.in_channels, ctx.image_size, depth, width, residual, stem)
+        self.width = drh_width(width, ctx.bits)
+        self.trunk = SmallResNet(ctx.in_channels, ctx.image_size, depth, self.width, residual, stem)
         self.hash_layer = nn.Linear(self.trunk.out_dim, ctx.bits)
         nn.init.xavier_uniform_(self.hash_layer.weight)
         nn.init.zeros_(self.hash_layer.bias)
@@ -142,9 +153,9 @@ def _network_params() -> tuple:
     return (
         Param("depth", 34, type="choice", choices=tuple(DEPTHS),
               help="layers: 18 = blocks (2,2,2,2), 34 = (3,4,6,3) (paper's best: 34)"),
-        Param("width", 6, type="int", bounds=(1, 256),
-              help="channels of stage 2 (stages: w,2w,4w,8w); 6 gives ~0.19 M params at depth 34 "
-                   "(paper: 0.183 M)"),
+        Param("width", 0, type="int", bounds=(0, 256),
+              help="channels of stage 2 (stages: w,2w,4w,8w); 0 = auto: max(6, ceil(bits/8)), so the last "
+                   "stage has >= bits channels (6 gives ~0.19 M params at depth 34, paper: 0.183 M)"),
         Param("stem", "auto", type="choice", choices=STEMS,
               help="'imagenet' 7x7/2 conv + max-pool (paper, 224 px), 'small' 3x3/1 conv, "
                    "'auto' = imagenet from 64 px up"),
