@@ -150,19 +150,22 @@ def test_seed_summary_and_view(tmp_path):
 
 
 def test_leaderboard_cli_formats_and_filters(tmp_path, capsys):
-    lb.append_row(tmp_path, _row(trial="a", val=0.5, test=0.4))
-    lb.append_row(tmp_path, _row(trial="b", method="drh", bits=32, val=0.6, test=0.3))
+    measured = {"metric_convention": "hits", "tie_policy": "tie-aware", "no_hit_policy": "count-as-zero"}
+    lb.append_row(tmp_path, {**_row(trial="a", val=0.5, test=0.4), **measured})
+    lb.append_row(tmp_path, {**_row(trial="b", method="drh", bits=32, val=0.6, test=0.3), **measured})
     assert main(["leaderboard", "--dir", str(tmp_path), "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert {(d["method"], d["bits"]) for d in data} == {("dch", 16), ("drh", 32)}
+    assert {(d["entry"], d["bits"], d["storage_bits"]) for d in data} == {("dch", 16, 16), ("drh", 32, 32)}
     assert main(["leaderboard", "--dir", str(tmp_path), "--method", "drh", "--format", "csv"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("method,dataset,bits") and len(out) == 2 and out[1].startswith("drh,")
+    assert out[0].startswith("protocol,dataset,storage_bits,bits,entry,readout") and len(out) == 2
+    assert out[1].startswith("common,pneumoniamnist,32,32,drh,sign,")
     assert main(["leaderboard", "--dir", str(tmp_path), "--bits", "16", "--format", "markdown"]) == 0
     md = capsys.readouterr().out.splitlines()
-    assert md[0].startswith("| method |") and len(md) == 4 and "| dch |" in md[2]
+    assert md[0].startswith("| protocol | dataset | storage_bits | bits | entry |") and "| dch |" in md[2]
+    assert len(md) == 5 and md[4].startswith("compared at equal storage")
     row = lb.read_leaderboard(tmp_path).filter(pl.col("bits") == 16).row(0, named=True)
-    assert md[3].startswith("protocol: ") and f"mAP convention {row['metric_convention']}" in md[3]
+    assert md[3].startswith("protocol common: ") and f"mAP convention {row['metric_convention']}" in md[3]
     assert f"ties {row['tie_policy']}" in md[3] and "queries = test split" in md[3]
     assert main(["leaderboard", "--dir", str(tmp_path), "--format", "latex"]) == 0
     tex = capsys.readouterr().out

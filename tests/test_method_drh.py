@@ -13,7 +13,7 @@ from hashbench.methods._resnet import BasicBlock
 from hashbench.platform.errors import HashbenchError
 from hashbench.platform.registry import Batch, ModelContext, get_method
 
-IDS = ("drh", "dph", "drh-nq", "drh-nb")
+IDS = ("drh", "dph", "drh-nq")   # drh-nb is drh's float readout (tests/test_storage_protocol.py)
 
 
 def _multi_hot(classes, num_classes):
@@ -293,7 +293,8 @@ def test_registration_and_defaults():
         m = get_method(mid)
         assert m.family == "drh" and m.batch_size == 128 and m.paper.endswith("002_5b43c5926db2a9a1.txt")
         assert "Deep Residual Hashing" in m.citation
-    assert (get_method("drh-nb").code_type, get_method("drh-nb").distance) == ("float", "l2")
+    (nb,) = get_method("drh").readouts
+    assert (nb.code_type, nb.distance, get_method("drh").entry(nb)) == ("float", "l2", "drh-nb")
     for mid in ("drh", "dph", "drh-nq"):
         assert (get_method(mid).code_type, get_method(mid).distance) == ("binary", "hamming")
     hp = get_method("drh").resolve()

@@ -518,16 +518,17 @@ def test_session_base_class_and_devices():
 
 
 def test_also_binary_evaluates_sign_codes_with_hamming(store, tmp_path, monkeypatch):
-    """A float method with also_binary gets test_sign_* metrics equal to evaluating sign(codes) by Hamming."""
+    """A float method with also_binary gets a sign readout whose metrics equal evaluating sign(codes) by Hamming."""
     import dataclasses
 
     from hashbench.platform import registry
     from hashbench.platform.evaluation import evaluate
     from hashbench.platform.training import TrainConfig, run_local
 
-    base = registry.get_method("drh-nb")
+    base = registry.get_method("drh")
     monkeypatch.setitem(registry._REGISTRY, "drh-nb-sign",
-                        dataclasses.replace(base, id="drh-nb-sign", also_binary=True))
+                        dataclasses.replace(base, id="drh-nb-sign", code_type="float", distance="l2",
+                                            also_binary=True, readouts=()))
     cfg = TrainConfig(method="drh-nb-sign", dataset=store, bits=8, epochs=1, batch_size=16,
                       params={"depth": 18, "width": 2}, out_dir=str(tmp_path / "runs"), device="cpu")
     res = run_local(cfg)
@@ -536,7 +537,7 @@ def test_also_binary_evaluates_sign_codes_with_hamming(store, tmp_path, monkeypa
     ref = evaluate(q, db, codes["query_labels"].argmax(1), codes["db_labels"].argmax(1), distance="hamming",
                    ks=(10, 100, 1000, "all"))
     for k in ("mAP@10", "mAP@100", "mAP@all"):
-        assert res.metrics[f"test_sign_{k}"] == pytest.approx(ref[k])
+        assert res.readouts["sign"]["metrics"][f"test_{k}"] == pytest.approx(ref[k])
 
 
 # --------------------------------------------------------------------------- CUDA-graph eligibility
@@ -545,7 +546,7 @@ def test_methods_declare_whether_their_step_can_be_a_cuda_graph():
     dch, drh = get_method("dch"), get_method("drh")
     assert dch.graph_safe(dch.resolve())                                  # pure tensor step
     assert not dch.graph_safe(dch.resolve({"pretrain_epochs": 2}))        # reads an epoch counter
-    assert all(get_method(m).graph_safe(get_method(m).resolve()) for m in ("drh", "dph", "drh-nq", "drh-nb"))
+    assert all(get_method(m).graph_safe(get_method(m).resolve()) for m in ("drh", "dph", "drh-nq"))
     assert not get_method("jtanet").graph_safe(get_method("jtanet").resolve())   # not declared: eager
     assert drh.describe()["cuda_graph"] is True and get_method("jtanet").describe()["cuda_graph"] is False
 

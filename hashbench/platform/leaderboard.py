@@ -33,7 +33,7 @@ import polars as pl
 
 from hashbench.platform.errors import HashbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: The columns the architecture fixes (docs/architecture.md), in order, then the added ones.
 TEST_METRICS = ("test_mAP@10", "test_mAP@100", "test_mAP@1000", "test_mAP@all", "test_P@10", "test_P@100",
@@ -55,13 +55,40 @@ SCHEMA: dict[str, pl.DataType] = {
     # added beyond the architecture's list (docs/leaderboard.md):
     "role": pl.String,          # "trial" (a search trial), "seed" (a re-run of the best config)
     "config_json": pl.String,   # the full TrainConfig.to_dict(), what `hashbench reproduce` re-runs
+    # schema version 2 (docs/leaderboard.md):
+    "protocol": pl.String,      # "common", or "paper:<method>" for a paper's own protocol (configs/papers/)
+    "readout": pl.String,       # how the trained model was read out: "sign" (binary), "float", ...
+    "entry": pl.String,         # the name the row competes under: the method id, or its readout's label
 }
 STATUSES = ("completed", "stopped", "error")
 ROLES = ("trial", "seed")
-GROUP = ("method", "dataset", "bits")
+#: the comparison axes of ``hashbench leaderboard --axis``: rows compete within (protocol, dataset, entry)
+#: at equal storage per database item (default) or at equal code length / embedding dimension
+AXES = {"storage": ("protocol", "dataset", "entry", "storage_bits"),
+        "bits": ("protocol", "dataset", "entry", "bits")}
+DEFAULT_AXIS = "storage"
+GROUP = AXES[DEFAULT_AXIS]
+#: the rows that are samples of one configuration (a trial and its --seeds re-runs)
+SEED_KEY = ("protocol", "dataset", "entry", "bits", "storage_bits", "params_json")
 
-#: ``UPGRADES[v](frame) -> frame`` turns schema version ``v`` into ``v + 1`` (none yet: v1 is the first).
-UPGRADES: dict[int, Callable[[pl.DataFrame], pl.DataFrame]] = {}
+
+def _upgrade_1_to_2(frame: pl.DataFrame) -> pl.DataFrame:
+    """v1 -> v2: every v1 row is a common-protocol row of its method's own readout."""
+    readout = (pl.when(pl.col("code_type") == "binary").then(pl.lit("sign"))
+               .when(pl.col("code_type") == "float").then(pl.lit("float")).otherwise(pl.lit(None, pl.String)))
+    return frame.with_columns(pl.lit("common").alias("protocol"), readout.alias("readout"),
+                              pl.col("method").alias("entry"))
+
+
+#: ``UPGRADES[v](frame) -> frame`` turns schema version ``v`` into ``v + 1``.
+UPGRADES: dict[int, Callable[[pl.DataFrame], pl.DataFrame]] = {1: _upgrade_1_to_2}
+
+
+def check_axis(axis: str) -> str:
+    if axis not in AXES:
+        raise HashbenchError(f"axis {axis!r}: expected one of {', '.join(AXES)} (storage = equal bits per "
+                             f"database item, bits = equal code length)")
+    return axis
 
 
 def now_iso() -> str:
@@ -151,7 +178,7 @@ def row_from_result(result: Any, *, sweep_id: str = "", trial_id: str = "", stat
         "status": status, "method": method.id, "family": method.family or method.id,
         "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "splits": _json(splits),
         "code_type": method.code_type, "bits": bits,
-        "storage_bits": bits if method.code_type == "binary" else 32 * bits,
+        "storage_bits": int(protocol.get("storage_bits") or storage_bits_of(method.code_type, bits)),
         "distance": protocol.get("distance", method.distance),
         "metric_convention": protocol.get("convention"), "tie_policy": protocol.get("ties"),
         "no_hit_policy": ("exclude" if no_hit else "include") if isinstance(no_hit, bool) else no_hit,
@@ -170,12 +197,67 @@ def row_from_result(result: Any, *, sweep_id: str = "", trial_id: str = "", stat
         "run_dir": str(_get(result, "run_dir") or ""),
         "started_at": started_at, "finished_at": finished_at or now_iso(),
         "role": role, "config_json": _json(cfg),
+        "protocol": cfg.get("protocol") or "common", "readout": method.primary_readout.name, "entry": method.id,
     }
     return row
 
 
+def storage_bits_of(code_type: str, bits: int, value_bits: int = 32) -> int:
+    """Bits per database item: ``bits`` for binary codes; ``bits`` dimensions x ``value_bits`` (float32: 32)."""
+    return int(bits) if code_type == "binary" else int(bits) * int(value_bits)
+
+
+def rows_from_result(result: Any, **kwargs) -> list:
+    """Every leaderboard row of one training: the method's own readout, then each extra readout.
+
+    ``kwargs`` as for :func:`row_from_result`. An extra readout (``Method.readouts``: jtanet's sign
+    codes, drh's continuous DRH-NB embedding) gets a row of its own with its own metrics, code type,
+    distance and storage, the same ``run_id`` (the link to its training) and its own ``readout`` and
+    ``entry``. Only completed runs have readout rows (stopped and failed ones have no test metrics).
+    """
+    from hashbench.platform.registry import get_method
+
+    primary = row_from_result(result, **kwargs)
+    rows = [primary]
+    if primary["status"] != "completed":
+        return rows
+    method = get_method(primary["method"])
+    measured = dict(_get(result, "readouts") or {})
+    for ro in method.readouts:
+        info = measured.get(ro.name)
+        if info is None:
+            continue
+        metrics = dict(info.get("metrics") or {})
+        protocol = dict(info.get("protocol") or {})
+        no_hit = protocol.get("no_hit", protocol.get("exclude_no_hit"))
+        rows.append({
+            **primary, "row_id": uuid.uuid4().hex, "code_type": ro.code_type, "distance": ro.distance,
+            "storage_bits": int(info.get("storage_bits") or storage_bits_of(ro.code_type, primary["bits"])),
+            "metric_convention": protocol.get("convention"), "tie_policy": protocol.get("ties"),
+            "no_hit_policy": ("exclude" if no_hit else "include") if isinstance(no_hit, bool) else no_hit,
+            "val_mAP@100": _float(metrics.get("val_mAP@100")),
+            **{m: _float(metrics.get(m)) for m in TEST_METRICS},
+            "metrics_json": _json(metrics), "protocol_json": _json(protocol),
+            "readout": ro.name, "entry": method.entry(ro),
+        })
+    return rows
+
+
+def with_row_defaults(row: dict) -> dict:
+    """``row`` with the schema-2 columns a caller left out: protocol ``common``, the method's own
+    readout (``sign`` for binary codes, ``float`` for float ones) and entry = method."""
+    out = dict(row)
+    if out.get("protocol") is None:
+        out["protocol"] = "common"
+    if out.get("readout") is None and out.get("code_type") in ("binary", "float"):
+        out["readout"] = "sign" if out["code_type"] == "binary" else "float"
+    if out.get("entry") is None:
+        out["entry"] = out.get("method")
+    return out
+
+
 def _frame(rows: Iterable[dict]) -> pl.DataFrame:
-    rows = list(rows)
+    rows = [with_row_defaults(r) for r in rows]
     unknown = sorted({k for r in rows for k in r} - set(SCHEMA))
     if unknown:
         raise HashbenchError(f"leaderboard row has unknown columns {unknown}; valid columns: {', '.join(SCHEMA)}")
@@ -208,27 +290,57 @@ def _upgrade(frame: pl.DataFrame, version: int, path: Path) -> pl.DataFrame:
 
 
 def filter_rows(df: pl.DataFrame, *, dataset: Optional[Iterable[str]] = None,
-                method: Optional[Iterable[str]] = None, bits: Optional[Iterable[int]] = None) -> pl.DataFrame:
-    """Rows whose dataset / method / bits are among the given values (``None``: any)."""
+                method: Optional[Iterable[str]] = None, bits: Optional[Iterable[int]] = None,
+                protocol: Optional[Iterable[str]] = None,
+                storage_bits: Optional[Iterable[int]] = None) -> pl.DataFrame:
+    """Rows whose dataset / method (or entry) / bits / protocol / storage bits are among the given values.
+
+    ``None`` or empty: any. A method name matches the ``method`` and the ``entry`` column, so
+    ``drh-nb`` (the float readout of drh) and ``drh`` (both of its readouts) both work.
+    """
     if dataset:
         df = df.filter(pl.col("dataset").is_in(list(dataset)))
     if method:
-        df = df.filter(pl.col("method").is_in(list(method)))
+        names = list(method)
+        df = df.filter(pl.col("method").is_in(names) | pl.col("entry").is_in(names))
     if bits:
         df = df.filter(pl.col("bits").is_in([int(b) for b in bits]))
+    if protocol:
+        df = df.filter(pl.col("protocol").is_in(list(protocol)))
+    if storage_bits:
+        df = df.filter(pl.col("storage_bits").is_in([int(b) for b in storage_bits]))
     return df
 
 
-def best_runs(df: pl.DataFrame, metric: str = "val_mAP@100") -> pl.DataFrame:
-    """The best completed search trial per (method, dataset, bits), chosen on ``metric``.
+def axis_order(axis: str) -> list:
+    """The sort order of a view on ``axis``: protocol, dataset, the axis column, the other one, entry.
 
-    Ties go to the earlier finished row, then the smaller row_id, so the choice is deterministic.
+    (Sorting is by protocol, dataset, axis column, entry, other column; the first four of the list are
+    the view's leading columns.)"""
+    check_axis(axis)
+    other = "bits" if axis == "storage" else "storage_bits"
+    return ["protocol", "dataset", AXES[axis][-1], other, "entry"]
+
+
+def _sort_keys(axis: str) -> list:
+    order = axis_order(axis)
+    return [*order[:3], "entry", order[3]]
+
+
+def best_runs(df: pl.DataFrame, metric: str = "val_mAP@100", axis: str = DEFAULT_AXIS) -> pl.DataFrame:
+    """The best completed search trial per group of ``AXES[axis]``, chosen on ``metric``.
+
+    Groups are (protocol, dataset, entry, storage_bits) for ``axis="storage"`` and (protocol, dataset,
+    entry, bits) for ``axis="bits"``: rows of different protocols or readouts never compete. Ties go
+    to the earlier finished row, then the smaller row_id, so the choice is deterministic. The result is
+    sorted so that rows at equal storage (or equal bits) are adjacent.
     """
+    group = list(AXES[check_axis(axis)])
     done = df.filter((pl.col("status") == "completed") & (pl.col("role") == "trial")
                      & pl.col(metric).is_not_null())
     return (done.sort([metric, "finished_at", "row_id"], descending=[True, False, False], nulls_last=True)
-            .group_by(list(GROUP), maintain_order=True).first()
-            .sort(list(GROUP)))
+            .group_by(group, maintain_order=True).first()
+            .sort(_sort_keys(axis), nulls_last=True))
 
 
 def t_quantile(n: int, level: float = 0.95) -> float:
@@ -253,15 +365,15 @@ def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float,
 
 def seed_summary(df: pl.DataFrame, metrics: Iterable[str] = ("test_mAP@100",),
                  level: float = 0.95) -> pl.DataFrame:
-    """Per (method, dataset, bits, params_json): n seeds, mean and CI half-width of each metric.
+    """Per ``SEED_KEY`` (protocol, dataset, entry, bits, storage_bits, params_json): n seeds, mean and CI.
 
     Counts completed rows of role ``seed`` together with the trial they re-run (same params), so
     ``--seeds N`` gives N + 1 samples of the best configuration.
     """
     metrics = list(metrics)
     done = df.filter(pl.col("status") == "completed")
-    seeded = done.filter(pl.col("role") == "seed").select([*GROUP, "params_json"]).unique()
-    keys = [*GROUP, "params_json"]
+    keys = list(SEED_KEY)
+    seeded = done.filter(pl.col("role") == "seed").select(keys).unique()
     rows = []
     for key_frame in seeded.iter_rows(named=True):
         group = done.filter(pl.all_horizontal([pl.col(k) == key_frame[k] for k in keys]))
@@ -272,7 +384,7 @@ def seed_summary(df: pl.DataFrame, metrics: Iterable[str] = ("test_mAP@100",),
             mean, half, n = mean_ci(group[m].to_list(), level)
             out[f"{m}_mean"], out[f"{m}_ci95"], out["n_seeds"] = mean, half, n
         rows.append(out)
-    schema = {"method": pl.String, "dataset": pl.String, "bits": pl.Int64, "params_json": pl.String,
+    schema = {**{k: SCHEMA[k] for k in keys},
               **{c: pl.Float64 for m in metrics for c in (f"{m}_mean", f"{m}_ci95")}, "n_seeds": pl.Int64}
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
@@ -286,25 +398,47 @@ def find_row(df: pl.DataFrame, run_id: str) -> dict:
     return hit.row(0, named=True)
 
 
-VIEW_COLUMNS = ("method", "dataset", "bits", "code_type", "val_mAP@100", "test_mAP@100", "test_mAP@1000",
-                "test_P@100", "test_MAP@R", "epochs", "time_total_s", "device", "run_id")
+VIEW_COLUMNS = ("protocol", "dataset", "storage_bits", "bits", "entry", "readout", "val_mAP@100", "test_mAP@100",
+                "test_mAP@1000", "test_P@100", "test_MAP@R", "epochs", "time_total_s", "device", "run_id")
 
 
-def leaderboard_view(df: pl.DataFrame, *, all_runs: bool = False) -> pl.DataFrame:
-    """What ``hashbench leaderboard`` shows: the best run per (method, dataset, bits), or every run.
+def with_metrics(df: pl.DataFrame, names: Iterable[str]) -> pl.DataFrame:
+    """``df`` with a float column per metric name (``test_P@5``, ``test_kNN-balanced-accuracy``, ...).
 
-    In the best-run view, a configuration re-trained with ``--seeds`` gets ``n_seeds`` and the
-    mean and 95 % CI half-width (t-distribution) of its test mAP@100 over the seeds.
+    Schema columns are kept; any other name is read from each row's ``metrics_json`` (null where that
+    row did not measure it).
     """
+    names = [n for n in names if n not in df.columns]
+    if not names:
+        return df
+    decoded = [json.loads(m) if m else {} for m in df["metrics_json"].to_list()]
+    return df.with_columns([pl.Series(n, [_float(d.get(n)) for d in decoded], dtype=pl.Float64) for n in names])
+
+
+def leaderboard_view(df: pl.DataFrame, *, all_runs: bool = False, axis: str = DEFAULT_AXIS,
+                     metrics: Optional[Iterable[str]] = None) -> pl.DataFrame:
+    """What ``hashbench leaderboard`` shows: the best run per group of ``AXES[axis]``, or every run.
+
+    Both ``storage_bits`` and ``bits`` are shown, the axis first; rows at equal storage (or equal
+    code length) are adjacent. ``metrics``: further metric columns (from ``metrics_json`` where they
+    are not schema columns). In the best-run view, a configuration re-trained with ``--seeds`` gets
+    ``n_seeds`` and the mean and 95 % CI half-width (t-distribution) of its test mAP@100 over the seeds.
+    """
+    order = axis_order(axis)
+    cols = [c for c in VIEW_COLUMNS if c not in order[:4]]
+    extra = [m for m in (metrics or []) if m not in cols]
+    df = with_metrics(df, extra)
     if all_runs:
-        cols = ["sweep_id", "trial_id", "role", "status", *VIEW_COLUMNS, "seed", "params_json"]
-        return df.select(cols).sort(["method", "dataset", "bits", "val_mAP@100"],
-                                    descending=[False, False, False, True], nulls_last=True)
-    best = best_runs(df)
+        head = ["sweep_id", "trial_id", "role", "status"]
+        keys = _sort_keys(axis) + ["val_mAP@100"]
+        return df.select(order[:4] + head + cols[:2] + extra + cols[2:] + ["seed", "params_json"]).sort(
+            keys, descending=[False] * (len(keys) - 1) + [True], nulls_last=True)
+    best = best_runs(df, axis=axis)
     seeds = seed_summary(df, ("test_mAP@100",))
-    view = best.join(seeds, on=[*GROUP, "params_json"], how="left")
-    return view.select([*VIEW_COLUMNS[:6], "test_mAP@100_mean", "test_mAP@100_ci95", "n_seeds",
-                        *VIEW_COLUMNS[6:]])
+    view = best.join(seeds, on=list(SEED_KEY), how="left")
+    i = cols.index("test_mAP@100") + 1
+    return view.select(order[:4] + cols[:i] + ["test_mAP@100_mean", "test_mAP@100_ci95", "n_seeds"]
+                       + extra + cols[i:])
 
 
 # The storage layer (file naming, writing, reading, compaction): hashbench/platform/leaderboard_store.py

@@ -158,6 +158,48 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Readout:
+    """One way of reading a trained model's continuous codes ``encode(x)`` out for retrieval.
+
+    ``code_type`` decides the transform: ``binary`` takes ``sign`` (zeros to +1) and compares by
+    Hamming distance, ``float`` keeps the values (float32) and compares by ``distance``. Every
+    readout of a run gets its own leaderboard row (same ``run_id``, its own ``readout`` and
+    ``entry``), so one training can compete both as a hash and as an embedding. ``label`` is the
+    name the row competes under (the ``entry`` column); empty: ``<method>-<name>``.
+    """
+
+    name: str
+    code_type: str
+    distance: str
+    label: str = ""
+    summary: str = ""
+
+    def __post_init__(self):
+        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
+            raise ValueError(f"readout name {self.name!r}: use letters, digits, '-' and '_'")
+        if self.code_type not in CODE_TYPES:
+            raise ValueError(f"readout {self.name!r}: code_type must be one of {CODE_TYPES}")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"readout {self.name!r}: distance must be one of {DISTANCES}")
+        if self.code_type == "binary" and self.distance != "hamming":
+            raise ValueError(f"readout {self.name!r}: binary codes are compared by hamming distance")
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: the readout ``Method.also_binary`` adds: the float codes' signs, by Hamming distance, at equal bits
+SIGN_READOUT = Readout("sign", "binary", "hamming", summary="sign of the float embedding, Hamming distance")
+
+#: method ids that no longer exist, with what replaced them (``get_method`` says so)
+RETIRED = {
+    "drh-nb": "'drh-nb' is now the float readout of 'drh': one drh training writes both rows, the sign "
+              "codes (entry 'drh') and the continuous tanh outputs by L2 (entry 'drh-nb', readout 'float'); "
+              "train or sweep 'drh'",
+}
+
+
+@dataclass(frozen=True)
 class Method:
     """Everything the platform needs to train, evaluate and sweep one method."""
 
@@ -182,6 +224,9 @@ class Method:
     #: the training step may be captured as one CUDA graph (no host sync, no data-dependent shapes, no
     #: Python state that changes between steps): True/False, or a function of the hyperparameters
     cuda_graph: Any = False
+    #: further readouts of the same trained model, each its own leaderboard row (``also_binary`` adds
+    #: ``SIGN_READOUT``); the primary readout (the method's own code_type/distance) is implicit
+    readouts: tuple = ()
 
     def __post_init__(self):
         if not self.id or not all(c.isalnum() or c in "-_" for c in self.id):
@@ -199,6 +244,31 @@ class Method:
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"method {self.id!r}: duplicate parameter names in {names}")
+        extra = tuple(self.readouts)
+        if self.also_binary and not any(r.name == SIGN_READOUT.name for r in extra):
+            extra = extra + (SIGN_READOUT,)
+        if not all(isinstance(r, Readout) for r in extra):
+            raise ValueError(f"method {self.id!r}: readouts must be Readout objects")
+        ro_names = [self.primary_readout.name] + [r.name for r in extra]
+        if len(set(ro_names)) != len(ro_names):
+            raise ValueError(f"method {self.id!r}: readout names repeat: {ro_names}")
+        object.__setattr__(self, "readouts", extra)
+
+    @property
+    def primary_readout(self) -> Readout:
+        """The readout the method trains for: ``sign`` for binary methods, ``float`` for float ones."""
+        return Readout("sign" if self.code_type == "binary" else "float", self.code_type, self.distance,
+                       label=self.id, summary="the method's own codes")
+
+    def all_readouts(self) -> tuple:
+        """The primary readout, then the extra ones."""
+        return (self.primary_readout,) + tuple(self.readouts)
+
+    def entry(self, readout: Readout) -> str:
+        """The leaderboard entry a readout's row competes under: the method id, or the readout's label."""
+        if readout.name == self.primary_readout.name:
+            return self.id
+        return readout.label or f"{self.id}-{readout.name}"
 
     def graph_safe(self, hp: dict) -> bool:
         """Whether the training step with hyperparameters ``hp`` may be captured as a CUDA graph."""
@@ -235,6 +305,7 @@ class Method:
             "requires": dataclasses.asdict(self.requires),
             "params": [p.describe() for p in self.params],
             "two_stage": self.finalize is not None, "also_binary": self.also_binary,
+            "readouts": [{**r.describe(), "entry": self.entry(r)} for r in self.all_readouts()],
             "cuda_graph": self.graph_safe(self.defaults()),
         }
 
@@ -263,6 +334,8 @@ def list_methods() -> list:
 def get_method(method_id: str) -> Method:
     """The registered method ``method_id``; the error lists the valid ids."""
     _load_all()
+    if method_id not in _REGISTRY and method_id in RETIRED:
+        raise HashbenchError(f"unknown method {method_id!r}: {RETIRED[method_id]}")
     if method_id not in _REGISTRY:
         raise HashbenchError(
             f"unknown method {method_id!r}; registered methods: {', '.join(sorted(_REGISTRY)) or '(none)'}")

@@ -14,6 +14,14 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", nargs="+", help="only these datasets")
     p.add_argument("--method", nargs="+", help="only these methods")
     p.add_argument("--bits", nargs="+", type=int, help="only these code lengths")
+    p.add_argument("--axis", choices=("storage", "bits"), default="storage",
+                   help="compare at equal storage per database item (default: storage_bits; a float "
+                        "embedding of d float32 values takes 32*d bits) or at equal code length (bits); "
+                        "both columns are shown")
+    p.add_argument("--protocol", nargs="+", help="only these protocols (common, paper:dch, ...)")
+    p.add_argument("--metrics", nargs="+", metavar="METRIC",
+                   help="further metric columns, e.g. test_P@5 test_P@H<=0 test_kNN-balanced-accuracy "
+                        "(read from each row's metrics_json)")
     p.add_argument("--all-runs", action="store_true", help="every row, not only the best per group")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     p.set_defaults(func=run)
@@ -66,8 +74,9 @@ def run(args) -> int:
     if not os.path.isdir(args.dir):
         raise HashbenchError(f"leaderboard directory {args.dir}: no such directory; run `hashbench sweep` or "
                              f"`hashbench quickstart` first, or pass --dir")
-    df = filter_rows(read_leaderboard(args.dir), dataset=args.dataset, method=args.method, bits=args.bits)
-    view = leaderboard_view(df, all_runs=args.all_runs)
+    df = filter_rows(read_leaderboard(args.dir), dataset=args.dataset, method=args.method, bits=args.bits,
+                     protocol=args.protocol)
+    view = leaderboard_view(df, all_runs=args.all_runs, axis=args.axis, metrics=args.metrics)
     if view.height == 0:
         print(f"(no {'rows' if args.all_runs else 'completed runs'} in {args.dir} match)")
         return 0
@@ -77,17 +86,28 @@ def run(args) -> int:
     if args.format in ("table", "markdown", "latex"):
         for line in protocol_lines(df.filter(df["run_id"].is_in(view["run_id"].to_list()))):
             print(line)
+        print(AXIS_LINES[args.axis])
     return 0
+
+
+AXIS_LINES = {
+    "storage": "compared at equal storage: best run per (protocol, dataset, entry, storage_bits); storage_bits = "
+               "bits for binary codes, dims x 32 for float32 embeddings (--axis bits: per code length)",
+    "bits": "compared at equal code length: best run per (protocol, dataset, entry, bits); a float embedding of "
+            "d dims takes 32*d storage bits (--axis storage: at equal storage)",
+}
 
 
 def protocol_lines(df) -> list:
     """One line per distinct evaluation protocol of the rows shown, so every number states its protocol."""
-    cols = ["metric_convention", "tie_policy", "no_hit_policy", "distance"]
+    cols = ["protocol", "metric_convention", "tie_policy", "no_hit_policy", "distance"]
     out = []
     for r in df.select(cols).unique().sort(cols, nulls_last=True).iter_rows(named=True):
-        out.append(f"protocol: mAP convention {r['metric_convention']}, ties {r['tie_policy']}, "
+        where = ("selection on val (docs/protocol.md)" if r["protocol"] == "common"
+                 else f"the paper's own protocol (configs/papers/, docs/protocol.md)")
+        out.append(f"protocol {r['protocol']}: mAP convention {r['metric_convention']}, ties {r['tie_policy']}, "
                    f"no-hit queries {r['no_hit_policy']}, distance {r['distance']}; "
-                   f"queries = test split, database = train split, selection on val (docs/protocol.md)")
+                   f"queries = test split, database = train split, {where}")
     return out
 
 

@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
     p.add_argument("--name", help="sweep name (overrides the config's name; e.g. to run a config twice)")
     p.add_argument("--gpus-per-worker", help="override resources.gpus_per_worker (a number or 'auto'), "
                                              "e.g. 1 vs 0.25 to measure GPU packing")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the config after validation: epochs=N (every study, e.g. a paper config "
+                        "at reduced epochs on a CPU), trials=N, seeds=N (repeatable)")
     p.add_argument("--check", action="store_true", help="validate the config and stop")
     p.set_defaults(func=run)
 
@@ -51,6 +54,11 @@ def _emit(line: str) -> None:
 
 def _overrides(cfg, args):
     import dataclasses
+
+    from hashbench.platform.cli.train_cmd import parse_pairs
+    from hashbench.platform.sweep.config import apply_overrides
+
+    cfg = apply_overrides(cfg, parse_pairs(getattr(args, "overrides", []), "--set"))
 
     from hashbench.platform.errors import HashbenchError
     from hashbench.platform.sweep.config import _NAME

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE",
                    help="augmentation option: enabled, hflip, vflip, rot90 (true/false), brightness, "
                         "contrast (0..1) (repeatable)")
+    p.add_argument("--eval-ks", metavar="K,K,...",
+                   help="test cut-offs k of mAP@k / P@k / R@k, comma-separated integers or 'all' "
+                        "(default: 10,100,1000,all; 100 is always added, it drives selection)")
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better val mAP@100")
     p.add_argument("--workers", type=int, default=1, help="data-parallel workers (DDP)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (0: CPU)")
@@ -58,6 +61,23 @@ def parse_pairs(items: list, flag: str) -> dict:
     return out
 
 
+def parse_eval_ks(text) -> dict:
+    """``--eval-ks 5,10,all`` as TrainConfig keyword arguments (``{}`` when not given)."""
+    if text is None:
+        return {}
+    items = [t.strip() for t in str(text).split(",")]
+    ks = []
+    for item in items:
+        if item == "all":
+            ks.append(item)
+        elif item.isdigit() and int(item) > 0:
+            ks.append(int(item))
+        else:
+            raise HashbenchError(f"--eval-ks {text!r}: {item!r} is not a positive integer or 'all'; "
+                                 f"give e.g. --eval-ks 5,10,20,50,all")
+    return {"eval_ks": tuple(ks)}
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -69,7 +89,7 @@ def run(args) -> int:
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, seed=args.seed,
         out_dir=args.out, run_name=args.run_name, augment=parse_pairs(args.augment, "--augment"),
         patience=args.patience, max_failures=args.max_failures, storage_path=args.storage_path,
-        device=args.device, compile=args.compile, cuda_graph=args.cuda_graph)
+        device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, **parse_eval_ks(args.eval_ks))
     bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} {cfg.dataset_name} {cfg.bits}b", unit="epoch",
                file=sys.stderr, dynamic_ncols=True)
 

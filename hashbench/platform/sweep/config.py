@@ -20,12 +20,12 @@ from hashbench.platform.errors import HashbenchError
 from hashbench.platform.yaml_util import load_yaml
 
 TOP_KEYS = ("name", "methods", "datasets", "bits", "trials", "epochs", "seed", "seeds", "asha",
-            "resources", "max_failures", "train", "storage", "leaderboard", "out_dir")
+            "resources", "max_failures", "train", "storage", "leaderboard", "out_dir", "protocol")
 METHOD_KEYS = ("datasets", "bits", "params", "search", "trials", "epochs", "batch_size")
 ASHA_KEYS = ("grace_period", "reduction_factor")
 RESOURCE_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "max_concurrent")
 TRAIN_KEYS = ("batch_size", "augment", "patience", "eval_ks", "max_failures", "device", "eval_batch_size",
-              "max_train_items", "cuda_graph")
+              "max_train_items", "cuda_graph", "restore_best", "evaluation")
 SEARCH_KEYS = ("low", "high", "log", "choices")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -295,6 +295,13 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
         _check_train_field("max_train_items", where("train", "max_train_items"))
         train["max_train_items"] = _int(train["max_train_items"], where("train", "max_train_items"), 1)
 
+    if "protocol" in raw:  # common, or paper:<method>: recorded on every row of this sweep
+        from hashbench.platform.training.config import check_protocol
+
+        try:
+            train["protocol"] = check_protocol(raw["protocol"])
+        except HashbenchError as exc:
+            raise HashbenchError(f"{where('protocol')}: {exc}") from None
     studies = []
     for mid, opts in methods.items():
         if mid not in registered:
@@ -389,3 +396,34 @@ def train_config(cfg: SweepConfig, study: Study, hp: dict, *, seed: Optional[int
         if check:
             raise HashbenchError(f"{cfg.source}: {study.key}: {exc}") from None
         raise
+
+
+#: what ``hashbench sweep CONFIG --set KEY=VALUE`` may override after the config is validated
+OVERRIDE_KEYS = ("epochs", "trials", "seeds")
+
+
+def apply_overrides(cfg: SweepConfig, pairs: dict) -> SweepConfig:
+    """``cfg`` with ``--set`` overrides: ``epochs=N`` for every study (a config's per-method epochs
+    included, e.g. a paper config's full length cut down for a CPU check), ``trials=N`` for every
+    searched study, ``seeds=N``. Anything else is a HashbenchError naming the valid keys."""
+    import dataclasses
+
+    studies = list(cfg.studies)
+    seeds = cfg.seeds
+    for key, value in pairs.items():
+        if key not in OVERRIDE_KEYS:
+            raise HashbenchError(f"--set {key}={value}: unknown key {key!r}; valid keys: {', '.join(OVERRIDE_KEYS)}")
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = -1
+        low = 0 if key == "seeds" else 1
+        if str(n) != str(value).strip() or n < low:
+            raise HashbenchError(f"--set {key}={value}: expected an integer >= {low}")
+        if key == "epochs":
+            studies = [dataclasses.replace(s, epochs=n) for s in studies]
+        elif key == "trials":
+            studies = [dataclasses.replace(s, trials=n if s.search else 1) for s in studies]
+        else:
+            seeds = n
+    return dataclasses.replace(cfg, studies=studies, seeds=seeds)

@@ -25,7 +25,7 @@ from ray.tune import Callback
 
 from hashbench.platform.errors import HashbenchError
 from hashbench.platform.leaderboard import (append_row, check_writable, now_iso, read_leaderboard,
-                                            row_from_result, row_path)
+                                            row_path, rows_from_result)
 from hashbench.platform.sweep.config import Study, SweepConfig, train_config
 
 METRIC = "val_mAP@100"
@@ -196,8 +196,8 @@ def _trial(hp: dict, *, cfg: SweepConfig, studies: dict, default_key: Optional[s
         from hashbench.platform.sweep.session import tune_report_callback
 
         result = run_training(tcfg, callbacks=[tune_report_callback()])
-    append_row(leaderboard, row_from_result(result, sweep_id=sweep_id, trial_id=trial_id, role=role,
-                                            started_at=started))
+    for row in rows_from_result(result, sweep_id=sweep_id, trial_id=trial_id, role=role, started_at=started):
+        append_row(leaderboard, row)  # the method's own readout, then one row per extra readout
 
 
 class Progress(Callback):
@@ -271,8 +271,9 @@ def _fill_rows(grid, *, cfg: SweepConfig, studies: dict, default_key: Optional[s
         if "timestamp" in last and "time_total_s" in last:
             started = datetime.fromtimestamp(last["timestamp"] - last["time_total_s"], timezone.utc)
             started = started.isoformat(timespec="seconds")
-        append_row(leaderboard, row_from_result(run, sweep_id=sweep_id, trial_id=trial.trial_id,
-                                                status=status, role=role, started_at=started))
+        for row in rows_from_result(run, sweep_id=sweep_id, trial_id=trial.trial_id, status=status, role=role,
+                                    started_at=started):
+            append_row(leaderboard, row)
     return counts
 
 
@@ -351,8 +352,8 @@ def _best_params(leaderboard: str, sweep_id: str, study: Study) -> Optional[dict
     from hashbench.platform.data import load_dataset
 
     name = load_dataset(study.dataset).name
-    best = best_runs(df).filter((pl.col("method") == study.method) & (pl.col("bits") == study.bits)
-                                & (pl.col("dataset") == name))
+    best = best_runs(df).filter((pl.col("entry") == study.method) & (pl.col("bits") == study.bits)
+                                & (pl.col("dataset") == name))  # the method's own readout's row
     if best.height == 0:
         return None
     row = best.row(0, named=True)

@@ -52,6 +52,84 @@ def resolve_augment(augment: Optional[dict]) -> dict:
     return out
 
 
+#: How the final (test) evaluation is run, per readout (docs/protocol.md "Paper protocols"):
+#: ties / convention: the evaluation engine's tie policy and AP convention; hamming_radii: P@H<=r for each r
+#: (binary readouts); knn_k: kNN balanced accuracy with k neighbours (single-label data; None: off);
+#: embedding: silhouette and Davies-Bouldin of the test embeddings (float readouts, single-label data);
+#: pr_ranks: [start, stop, step] of a rank-based precision-recall curve (P@k, R@k at those k) or [];
+#: same_set: the test queries are retrieved among themselves, each query's own item excluded (leave-one-out,
+#: docs/metrics.md "Same-set retrieval") instead of against the train database.
+EVALUATION_DEFAULTS = {"ties": "tie-aware", "convention": "hits", "hamming_radii": [2], "knn_k": None,
+                       "embedding": False, "pr_ranks": [], "same_set": False}
+PROTOCOL_COMMON = "common"
+
+
+def check_protocol(value: Any) -> str:
+    """``common`` or ``paper:<registered method id>``; anything else is a HashbenchError."""
+    from hashbench.platform.registry import list_methods
+
+    if value == PROTOCOL_COMMON:
+        return value
+    if isinstance(value, str) and value.startswith("paper:") and value[len("paper:"):] in list_methods():
+        return value
+    raise HashbenchError(f"protocol {value!r}: expected 'common' or 'paper:<method id>' with a registered "
+                         f"method id ({', '.join('paper:' + m for m in list_methods())})")
+
+
+def resolve_evaluation(evaluation: Optional[dict]) -> dict:
+    """``EVALUATION_DEFAULTS`` updated with ``evaluation``; unknown keys and bad values are errors."""
+    from hashbench.platform.evaluation import CONVENTIONS, TIES
+
+    if evaluation is None:
+        evaluation = {}
+    if not isinstance(evaluation, dict):
+        raise HashbenchError(f"evaluation must be a mapping with keys {', '.join(EVALUATION_DEFAULTS)}, "
+                             f"got {evaluation!r}")
+    out = {**EVALUATION_DEFAULTS, "hamming_radii": list(EVALUATION_DEFAULTS["hamming_radii"]),
+           "pr_ranks": list(EVALUATION_DEFAULTS["pr_ranks"])}
+    for key, value in evaluation.items():
+        where = f"evaluation {key!r}"
+        if key == "ties":
+            if value not in TIES:
+                raise HashbenchError(f"{where}: {value!r} is not one of {', '.join(TIES)}")
+        elif key == "convention":
+            if value not in CONVENTIONS:
+                raise HashbenchError(f"{where}: {value!r} is not one of {', '.join(CONVENTIONS)}")
+        elif key == "hamming_radii":
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise HashbenchError(f"{where}: expected a non-empty list of integers >= 0, got {value!r}")
+            value = sorted({_int_at_least(v, f"{where} entry", 0) for v in value})
+        elif key == "knn_k":
+            value = None if value is None else _positive_int(value, f"{where}")
+        elif key in ("embedding", "same_set"):
+            value = _parse_bool(value, where)
+        elif key == "pr_ranks":
+            if value in (None, []):
+                value = []
+            elif not isinstance(value, (list, tuple)) or len(value) != 3:
+                raise HashbenchError(f"{where}: expected [start, stop, step] (e.g. [300, 6000, 300]) or [], "
+                                     f"got {value!r}")
+            else:
+                value = [_positive_int(v, f"{where} entry") for v in value]
+                if value[1] < value[0]:
+                    raise HashbenchError(f"{where}: stop {value[1]} is below start {value[0]}")
+        else:
+            raise HashbenchError(f"unknown evaluation option {key!r}; valid options: "
+                                 f"{', '.join(EVALUATION_DEFAULTS)}")
+        out[key] = value
+    return out
+
+
+def pr_rank_cutoffs(evaluation: dict) -> list:
+    """The cut-offs of the rank-based precision-recall curve of ``evaluation`` (``[]`` when off)."""
+    if not evaluation.get("pr_ranks"):
+        return []
+    start, stop, step = evaluation["pr_ranks"]
+    return list(range(start, stop + 1, step))
+
+
 @dataclass
 class TrainConfig:
     """One training run. Construction validates every field against the method and the dataset.
@@ -65,6 +143,13 @@ class TrainConfig:
     (``default``, ``reduce-overhead``, ``max-autotune``) for the training forward, or None.
     ``cuda_graph``: on a single GPU, capture the whole training step as one CUDA graph when the
     method allows it (``Method.cuda_graph``; see ``training/graphed.py``).
+    ``protocol``: ``common`` (the benchmark's protocol) or ``paper:<method>`` (a paper's own protocol,
+    ``configs/papers/``), recorded on every leaderboard row. ``restore_best``: evaluate the weights of
+    the epoch with the best validation mAP@100 (default), or, when false, those of the last epoch
+    (fixed epochs, no selection). ``evaluation``: test-evaluation options (``EVALUATION_DEFAULTS``).
+    ``torch_threads``: torch's intra-op CPU threads while the run trains and evaluates (default 1,
+    what a Ray worker with one CPU gets). Part of the recorded configuration because CPU results
+    depend on it: the same config and seed give the same metrics in every entry point.
     """
 
     method: str
@@ -88,6 +173,9 @@ class TrainConfig:
     eval_batch_size: int = 1024
     compile: Optional[str] = None
     cuda_graph: bool = True
+    protocol: str = "common"
+    restore_best: bool = True
+    evaluation: dict = field(default_factory=dict)
     hp: dict = field(init=False, default_factory=dict)
     dataset_path: str = field(init=False, default="")
     dataset_fingerprint: str = field(init=False, default="")
@@ -120,6 +208,10 @@ class TrainConfig:
             raise HashbenchError(f"params must be a mapping of hyperparameter names to values, got {self.params!r}")
         self.hp = m.resolve(self.params)
         self.augment = resolve_augment(self.augment)
+        self.protocol = check_protocol(self.protocol)
+        if not isinstance(self.restore_best, bool):
+            raise HashbenchError(f"restore_best {self.restore_best!r}: expected true or false")
+        self.evaluation = resolve_evaluation(self.evaluation)
         self.eval_ks = _eval_ks(self.eval_ks)
         if self.batch_size < self.workers:
             raise HashbenchError(

@@ -55,6 +55,11 @@ class RunResult:
     history: list = field(default_factory=list)
     best_epoch: int = -1
     resumed_from: Optional[int] = None
+    #: the extra readouts of the same model (``Method.readouts``): name -> {code_type, distance,
+    #: storage_bits, metrics, protocol}; the primary readout's numbers are ``metrics`` / ``protocol``
+    readouts: dict = field(default_factory=dict)
+    #: when the run first started (ISO 8601, UTC), kept across resumes from checkpoints
+    started_at: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +124,65 @@ def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_
         q_labels, db_labels = q_labels.argmax(1).numpy(), db_labels.argmax(1).numpy()
     return evaluate(q_codes, db_codes, q_labels, db_labels, distance=distance or method.distance, ks=ks,
                     device=str(device) if device.type == "cuda" else None, **kw)
+
+
+def readout_codes(z: torch.Tensor, readout) -> torch.Tensor:
+    """The codes a readout compares: ``sign`` of the continuous codes (int8, zeros to +1) or the floats."""
+    return _to_codes(z, readout.code_type)
+
+
+def storage_bits(codes: torch.Tensor, code_type: str, bits: int) -> int:
+    """Bits one database item takes: ``bits`` for binary codes, dims x bits per value for floats."""
+    if code_type == "binary":
+        return int(bits)
+    return int(bits) * torch.finfo(codes.dtype).bits
+
+
+def _number_metrics(res: dict, prefix: str) -> dict:
+    return {f"{prefix}{k}": float(v) for k, v in res.items()
+            if k != "protocol" and isinstance(v, (int, float, np.floating, np.integer))}
+
+
+def evaluate_readout(q_codes, db_codes, q_labels, db_labels, method, readout, cfg, device, multi_label: bool,
+                     pr_curve: bool = False) -> tuple:
+    """Test metrics of one readout under ``cfg.evaluation`` (docs/protocol.md); ``(metrics, protocol)``.
+
+    Cut-offs: ``cfg.eval_ks`` plus the rank-based PR curve's; ``P@H<=r`` for every radius of a binary
+    readout (one extra engine call per further radius); kNN balanced accuracy and the silhouette /
+    Davies-Bouldin of the test embeddings where asked for (single-label data only).
+    """
+    from hashbench.platform.training.config import pr_rank_cutoffs
+
+    ev = cfg.evaluation
+    pr_ks = pr_rank_cutoffs(ev)
+    ks = tuple(dict.fromkeys([*cfg.eval_ks, *pr_ks]))
+    binary = readout.code_type == "binary"
+    radii = ev["hamming_radii"] if binary else [None]
+    knn_k = ev["knn_k"] if not multi_label else None
+    common = dict(distance=readout.distance, ties=ev["ties"], convention=ev["convention"])
+    res = _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_label,
+                    hamming_radius=radii[0], pr_curve=pr_curve, knn_k=knn_k, **common)
+    metrics = _number_metrics(res, "test_")
+    for r in radii[1:]:
+        extra = _evaluate(q_codes, db_codes, q_labels, db_labels, method, (1,), device, multi_label,
+                          hamming_radius=r, map_at_r=False, **common)
+        metrics.update({f"test_{k}": float(v) for k, v in extra.items() if k.startswith(("P@H<=", "H<="))})
+    if pr_curve and res.get("pr_curve") is not None:  # the test queries' precision-recall points (dashboard)
+        metrics["pr_curve"] = _jsonable(res["pr_curve"])
+    if pr_ks:
+        metrics["pr_curve_ranks"] = {"k": pr_ks, "precision": [metrics[f"test_P@{k}"] for k in pr_ks],
+                                     "recall": [metrics[f"test_R@{k}"] for k in pr_ks]}
+    if ev["embedding"] and not binary and not multi_label:
+        from hashbench.platform.evaluation import davies_bouldin_score, silhouette_score
+
+        y = q_labels.argmax(1).numpy()
+        metrics["test_silhouette"] = float(silhouette_score(q_codes.numpy(), y))
+        metrics["test_davies_bouldin"] = float(davies_bouldin_score(q_codes.numpy(), y))
+    protocol = dict(res.get("protocol", {}))
+    protocol.update({"readout": readout.name, "code_type": readout.code_type, "hamming_radii": radii
+                     if binary else [], "pr_ranks": ev["pr_ranks"], "knn_k": knn_k,
+                     "embedding": bool(ev["embedding"] and not binary and not multi_label)})
+    return metrics, _jsonable(protocol)
 
 
 def _jsonable(value):
@@ -327,8 +391,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         st["epoch"] = epoch + 1
         _report(session, rank, row, model, loss_fn, optimizer, scheduler, st, files=None)
 
-    # --- final phase: best weights, finalize, encode, evaluate, save ---------------------------------
-    if st["best_state"] is not None:
+    # --- final phase: best (or last) weights, finalize, encode, evaluate every readout, save ------------
+    if st["best_state"] is not None and cfg.restore_best:
         model.load_state_dict(st["best_state"])
     result = None
     final = {"epoch": st["epoch"] - 1, "done": True}
@@ -340,30 +404,40 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         _sync(device)
         t2 = time.perf_counter()
         test = SplitData.from_store(ds, "test", device)
-        db_codes = encode_split(model, train, cfg.eval_batch_size, method.code_type, use_amp)
-        q_codes = encode_split(model, test, cfg.eval_batch_size, method.code_type, use_amp)
+        primary = method.primary_readout
+        # continuous codes once; every readout (sign / float) is taken from them
+        db_z = encode_split(model, train, cfg.eval_batch_size, "float", use_amp)
+        q_z = encode_split(model, test, cfg.eval_batch_size, "float", use_amp)
+        db_codes, q_codes = readout_codes(db_z, primary), readout_codes(q_z, primary)
         encode_s = time.perf_counter() - t2
         t3 = time.perf_counter()
-        res = _evaluate(q_codes, db_codes, test.labels.cpu(), train.labels.cpu(), method, cfg.eval_ks, device,
-                        ds.multi_label, pr_curve=True)
+        test_labels, db_labels = test.labels.cpu(), train.labels.cpu()
+        test_metrics, protocol = evaluate_readout(q_codes, db_codes, test_labels, db_labels, method, primary, cfg,
+                                                  device, ds.multi_label, pr_curve=True)
         eval_s = time.perf_counter() - t3
-        protocol = dict(res.get("protocol", {}))
-        metrics = {"val_mAP@100": st["best"]}
+        # the selection metric of the weights evaluated: the best epoch's, or the last epoch's (no selection)
+        last_val = st["history"][-1]["val_mAP@100"] if st["history"] else -1.0
+        metrics = {"val_mAP@100": st["best"] if cfg.restore_best else last_val}
+        val_z = None
+        if method.finalize is not None or method.readouts:
+            val_z = encode_split(model, val, cfg.eval_batch_size, "float", use_amp)
         if method.finalize is not None:  # two-stage: select on the fitted hash function, not the proxy
-            val_q = encode_split(model, val, cfg.eval_batch_size, method.code_type, use_amp)
-            res_v = _evaluate(val_q, db_codes, val.labels.cpu(), train.labels.cpu(), method, (100,), device,
-                              ds.multi_label)
+            res_v = _evaluate(readout_codes(val_z, primary), db_codes, val.labels.cpu(), db_labels, method, (100,),
+                              device, ds.multi_label)
             metrics["val_mAP@100"] = float(res_v["mAP@100"])
-        metrics.update({f"test_{k}": float(v) for k, v in res.items()
-                        if k != "protocol" and isinstance(v, (int, float, np.floating, np.integer))})
-        if res.get("pr_curve") is not None:  # the test queries' precision-recall points (dashboard curves)
-            metrics["pr_curve"] = _jsonable(res["pr_curve"])
-        if method.also_binary:  # the float codes sign-binarised, compared by Hamming distance at equal bits
-            signed = torch.where(q_codes >= 0, 1, -1).to(torch.int8), torch.where(db_codes >= 0, 1, -1).to(torch.int8)
-            res_b = _evaluate(signed[0], signed[1], test.labels.cpu(), train.labels.cpu(), method, cfg.eval_ks,
-                              device, ds.multi_label, distance="hamming")
-            metrics.update({f"test_sign_{k}": float(v) for k, v in res_b.items()
-                            if k != "protocol" and isinstance(v, (int, float, np.floating, np.integer))})
+        metrics.update(test_metrics)
+        readouts = {}
+        for ro in method.readouts:  # the same model read out another way: its own leaderboard row
+            q_r, db_r = readout_codes(q_z, ro), readout_codes(db_z, ro)
+            m_r, p_r = evaluate_readout(q_r, db_r, test_labels, db_labels, method, ro, cfg, device, ds.multi_label)
+            res_v = _evaluate(readout_codes(val_z, ro), db_r, val.labels.cpu(), db_labels, method, (100,), device,
+                              ds.multi_label, distance=ro.distance)
+            readouts[ro.name] = {"code_type": ro.code_type, "distance": ro.distance,
+                                 "storage_bits": storage_bits(db_r, ro.code_type, cfg.bits),
+                                 "metrics": {"val_mAP@100": float(res_v["mAP@100"]), **m_r}, "protocol": p_r}
+        protocol["storage_bits"] = storage_bits(db_codes, primary.code_type, cfg.bits)
+        protocol["restore_best"] = cfg.restore_best
+        protocol["protocol"] = cfg.protocol
         timings = {"train_s": st["times"]["train_s"], "val_s": st["times"]["val_s"], "encode_s": encode_s,
                    "eval_s": eval_s, "total_s": 0.0}
         n_enc = len(train) + len(test)
@@ -374,7 +448,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         result = RunResult(
             run_id=cfg.run_id, run_dir=cfg.run_dir, config=cfg.to_dict(), metrics=metrics, protocol=protocol,
             timings=timings, throughput=throughput, device=f"{world}x {dev_name}", epochs_run=st["epoch"],
-            history=st["history"], best_epoch=st["best_epoch"], resumed_from=resumed_from)
+            history=st["history"], best_epoch=st["best_epoch"] if cfg.restore_best else st["epoch"] - 1,
+            resumed_from=resumed_from, readouts=readouts)
         codes = {"query_codes": q_codes.numpy(), "db_codes": db_codes.numpy(),
                  "query_labels": test.labels.cpu().numpy().astype(np.uint8),
                  "db_labels": train.labels.cpu().numpy().astype(np.uint8),
