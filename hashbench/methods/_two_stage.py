@@ -1,4 +1,9 @@
-"""Shared parts of the two-stage baselines ``lsh`` and ``itq`` ("+CNNF" rows of DCH).
+"""Shared parts of the two-stage baselines ``lsh`` and ``itq``: unsupervised hashing on CNN features.
+
+Not a row of either paper: the DCH paper's "+CNNF" rows (KSDH, KSH, SDH, CCA, COSDISH) and the DRH
+paper's DRN-KSH are *supervised* hashing on CNN features (``ksh``, ``sdh``, ``cca-itq``, ``drn-ksh``);
+the DRH paper's LSH and ITQ rows hash hand-crafted descriptors. These two are the unsupervised
+counterpart on the same CNN features (docs/methods/lsh-itq.md).
 
 Stage 1 trains a CNN with cross-entropy only: the DCH network of Sapkota et al.
 (Table I, :class:`hashbench.methods.dch.DCHNet`) without its LBE layer — conv(32)×2,
