@@ -17,8 +17,13 @@ res["summary"]["bac"]["mean"], res["summary"]["bac"]["sd"]
 ```
 
 Each repeat is one normal training run (``hashbench.platform.training.run_local``) on a
-temporary store holding the subset plus the val and test splits; its run directory
-stays in ``out_dir/<name>/repeat-<r>`` and the table in ``out_dir/<name>/fewshot.json``.
+temporary store holding the subset, a few-shot draw of the val split (``shots`` per class,
+the same label budget; the full labelled val split never enters a repeat) and the test split;
+its run directory stays in ``out_dir/<name>/repeat-<r>`` and the table in
+``out_dir/<name>/fewshot.json``. By default (``selection="none"``) each repeat trains the fixed
+number of epochs and is evaluated with its last epoch's weights (the paper selects nothing);
+``selection="fewshot-val"`` restores the epoch with the best mAP@100 on the few-shot val draw.
+No augmentation unless asked for (the paper used none).
 """
 
 from __future__ import annotations
@@ -36,11 +41,19 @@ import numpy as np
 from hashbench.platform.errors import HashbenchError
 
 METRICS = ("bac", "silhouette", "davies_bouldin")
+SELECTIONS = ("none", "fewshot-val")
+#: the paper trains without augmentation: an empty ``augment`` means this, not the platform default
+FEWSHOT_AUGMENT = {"enabled": False}
 
 
 @dataclass
 class FewShotConfig:
-    """One few-shot experiment; ``params``/``epochs``/``batch_size``/``augment`` go to each TrainConfig."""
+    """One few-shot experiment; ``params``/``epochs``/``batch_size``/``augment`` go to each TrainConfig.
+
+    ``augment``: empty (default) = no augmentation (``FEWSHOT_AUGMENT``); otherwise the platform's
+    augmentation options (``TrainConfig.augment``). ``selection``: ``none`` (fixed epochs, last
+    epoch's weights) or ``fewshot-val`` (best epoch by mAP@100 on the few-shot val draw).
+    """
 
     method: str
     dataset: str
@@ -56,25 +69,32 @@ class FewShotConfig:
     device: Optional[str] = None
     out_dir: str = "runs/fewshot"
     name: Optional[str] = None
+    selection: str = "none"
 
     def __post_init__(self):
         for key, low in (("shots", 1), ("repeats", 1), ("knn_k", 1), ("bits", 1), ("seed", 0)):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise HashbenchError(f"few-shot {key} must be an integer >= {low}, got {v!r}")
+        if self.selection not in SELECTIONS:
+            raise HashbenchError(f"few-shot selection {self.selection!r}: expected one of {', '.join(SELECTIONS)}")
+        if not isinstance(self.augment, dict):
+            raise HashbenchError(f"few-shot augment must be a mapping of options, got {self.augment!r}")
+        self.augment = dict(self.augment) or dict(FEWSHOT_AUGMENT)
         if self.name is None:
             tag = "".join(f"-{k}={v}" for k, v in sorted(self.params.items()) if k != "weights")
+            tag += "" if self.selection == "none" else f"-select={self.selection}"
             name = (f"{self.method}-{os.path.basename(str(self.dataset).rstrip('/'))}-{self.bits}b-"
                     f"n{self.shots}-r{self.repeats}-s{self.seed}{tag}")
             self.name = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
         self.out_dir = os.path.abspath(os.fspath(self.out_dir))
 
 
-def fewshot_indices(ds, shots: int, seed: int) -> np.ndarray:
-    """Store positions of ``shots`` random train items per class (all of a smaller class), sorted."""
+def fewshot_indices(ds, shots: int, seed: int, split: str = "train") -> np.ndarray:
+    """Store positions of ``shots`` random ``split`` items per class (all of a smaller class), sorted."""
     if ds.multi_label:
         raise HashbenchError(f"dataset {ds.name!r} is multi-label; the few-shot protocol needs one class per image")
-    train = ds.indices("train")
+    train = ds.indices(split)
     y = np.asarray(ds.labels[train]).argmax(axis=1)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train))
@@ -86,16 +106,19 @@ def fewshot_indices(ds, shots: int, seed: int) -> np.ndarray:
     return np.sort(train[by_class[rank < shots]])
 
 
-def write_subset_store(ds, train_rows: np.ndarray, dest: str):
-    """A store with ``train_rows`` as its train split and the original val and test splits."""
+def write_subset_store(ds, train_rows: np.ndarray, dest: str, val_rows: Optional[np.ndarray] = None):
+    """A store with ``train_rows`` as its train split, ``val_rows`` (default: the original val split) as
+    its val split and the original test split."""
     from hashbench.platform.data import write_store
 
-    keep = np.concatenate([train_rows, ds.indices("val"), ds.indices("test")])
-    split = np.concatenate([np.zeros(len(train_rows), np.int8), np.ones(len(ds.indices("val")), np.int8),
+    val_rows = ds.indices("val") if val_rows is None else np.asarray(val_rows, np.int64)
+    keep = np.concatenate([train_rows, val_rows, ds.indices("test")])
+    split = np.concatenate([np.zeros(len(train_rows), np.int8), np.ones(len(val_rows), np.int8),
                             np.full(len(ds.indices("test")), 2, np.int8)])
     return write_store(
         dest, np.asarray(ds.images[keep]), np.asarray(ds.labels[keep]), split, class_names=ds.class_names,
         masks=None if ds.masks is None else np.asarray(ds.masks[keep]),
+        mask_classes=ds.mask_classes if ds.masks is not None else None,
         groups=None if ds.groups is None else np.asarray(ds.groups[keep]),
         name=os.path.basename(dest), source=f"few-shot subset of {ds.name} ({ds.fingerprint[:12]})",
         format="fewshot-subset", license=ds.meta.get("license", ""),
@@ -141,12 +164,15 @@ def run_fewshot(cfg: FewShotConfig, on_repeat: Optional[Callable[[dict], None]] 
     rows = []
     for r in range(cfg.repeats):
         rows_idx = fewshot_indices(ds, cfg.shots, cfg.seed + r)
+        # the val split is a few-shot draw too (same budget): no label beyond it enters the repeat
+        val_idx = fewshot_indices(ds, cfg.shots, cfg.seed + r, split="val")
         tmp = tempfile.mkdtemp(prefix=".subset-", dir=exp_dir)
         try:
-            sub = write_subset_store(ds, rows_idx, os.path.join(tmp, f"{ds.name}-fewshot-r{r}"))
+            sub = write_subset_store(ds, rows_idx, os.path.join(tmp, f"{ds.name}-fewshot-r{r}"), val_idx)
             tc = TrainConfig(method=cfg.method, dataset=str(sub.path), bits=cfg.bits, epochs=cfg.epochs,
                              batch_size=cfg.batch_size, params=dict(cfg.params), augment=dict(cfg.augment),
-                             seed=cfg.seed + r, out_dir=exp_dir, run_name=f"repeat-{r}", device=cfg.device)
+                             seed=cfg.seed + r, out_dir=exp_dir, run_name=f"repeat-{r}", device=cfg.device,
+                             restore_best=cfg.selection == "fewshot-val")
             t0 = time.perf_counter()
             result = run_local(tc)
             with np.load(os.path.join(result.run_dir, "codes.npz")) as codes:
@@ -154,7 +180,7 @@ def run_fewshot(cfg: FewShotConfig, on_repeat: Optional[Callable[[dict], None]] 
                                       codes["query_codes"], codes["query_labels"].argmax(1), cfg.knn_k)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        row = {"repeat": r, "seed": cfg.seed + r, "n_train": int(len(rows_idx)), **m,
+        row = {"repeat": r, "seed": cfg.seed + r, "n_train": int(len(rows_idx)), "n_val": int(len(val_idx)), **m,
                "test_mAP@100": result.metrics.get("test_mAP@100"), "epochs": result.epochs_run,
                "time_s": time.perf_counter() - t0, "run_dir": result.run_dir}
         rows.append(row)

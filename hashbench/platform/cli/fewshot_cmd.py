@@ -26,7 +26,10 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="params", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                    help="a hyperparameter for every method, or for one with METHOD: (repeatable)")
     p.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE",
-                   help="augmentation option, as for `hashbench train` (the paper used none: enabled=false)")
+                   help="augmentation option, as for `hashbench train` (default: none, as in the paper)")
+    p.add_argument("--selection", choices=("none", "fewshot-val"), default="none",
+                   help="none (default): train the fixed epochs and keep the last; fewshot-val: keep the epoch "
+                        "with the best mAP@100 on a few-shot val draw (SHOTS per class)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), help="device (default: a GPU if any)")
     p.add_argument("--out", default="runs/fewshot", help="output directory (default: runs/fewshot)")
@@ -56,7 +59,8 @@ def run(args) -> int:
     configs = [FewShotConfig(method=m, dataset=args.dataset, bits=args.bits, shots=args.shots,
                              repeats=args.repeats, knn_k=args.knn_k, seed=args.seed, epochs=args.epochs,
                              batch_size=args.batch_size, params=_params(args.params, m),
-                             augment=parse_pairs(args.augment, "--augment"), device=args.device, out_dir=args.out)
+                             augment=parse_pairs(args.augment, "--augment"), device=args.device, out_dir=args.out,
+                             selection=args.selection)
                for m in args.methods]
     results = []
     for cfg in configs:
