@@ -374,11 +374,12 @@ def test_missing_empty_unreadable_and_newer_leaderboards_explain_themselves(app,
     newer = tmp_path / "newer"
     newer.mkdir()
     pl.DataFrame({"schema_version": [99], "method": ["x"]}).write_parquet(newer / "n.parquet")
-    at = app(directory=newer)
-    assert "could not be read" in at.info[0].value and "newer schema" in at.info[0].value
+    at = app(directory=newer)  # a newer hashbench's file is skipped by name, not fatal (issue 17)
+    assert "n.parquet" in at.warning[0].value and "newer hashbench" in at.warning[0].value
+    assert "No readable rows" in at.info[0].value
     for view in ["Across code lengths", "Curves", "Retrieval gallery", "Sweep", "Speed"]:
         at.radio(key="view").set_value(view).run()
-        assert not at.exception and "could not be read" in at.info[0].value
+        assert not at.exception and "No readable rows" in at.info[0].value
 
 
 def test_new_files_appear_on_the_next_rerun(app, fx, tmp_path):

@@ -397,6 +397,7 @@ def test_resume_after_failure_gives_the_uninterrupted_result(store, tmp_path, mo
     whole = run_local(cfg_for(store, tmp_path, epochs=3, run_name="whole"))
     cfg = cfg_for(store, tmp_path, epochs=3, run_name="broken")
     monkeypatch.setenv(FAIL_ENV, "1")
+    monkeypatch.setenv("HASHBENCH_TESTING", "1")  # the fault hook's test-only switch
     with pytest.raises(RuntimeError, match="injected failure at the start of epoch 1"):
         run_local(cfg)
     assert os.listdir(os.path.join(cfg.run_dir, "checkpoints")) == ["checkpoint_000000"]

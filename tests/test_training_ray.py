@@ -53,6 +53,7 @@ def test_ddp_over_two_cpu_workers(ray_session, store, tmp_path):
 @pytest.mark.timeout(240)
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_session, store, tmp_path, monkeypatch):
     monkeypatch.setenv(FAIL_ENV, "1:kill")          # SIGKILL the worker at the start of epoch 1, once
+    monkeypatch.setenv("HASHBENCH_TESTING", "1")    # the fault hook's test-only switch (forwarded to workers)
     cfg = _cfg(store, tmp_path, epochs=3, max_failures=1)
     res = run_training(cfg)
     assert res.resumed_from == 1                     # the retry started from epoch 0's checkpoint

@@ -138,11 +138,34 @@ def _column(values: list) -> pl.Series:
                       for v in values], dtype=pl.String)
 
 
+#: where the dashboard may read run directories (``os.pathsep``-separated); default: the leaderboard's parent
+RUNS_ENV = "HASHBENCH_RUNS"
+
+
+def runs_roots(leaderboard: Path) -> list[Path]:
+    """The configured runs roots: ``$HASHBENCH_RUNS`` (``os.pathsep``-separated folders), else the
+    leaderboard's parent folder, which holds the runs in every layout hashbench writes (the quickstart's
+    ``hashbench-quickstart/{leaderboard,runs}``, a sweep config's ``leaderboard`` / ``out_dir`` defaults,
+    ``configs/full.yaml``'s ``/mnt/shared/hashbench/{leaderboard,runs}``)."""
+    env = os.environ.get(RUNS_ENV, "")
+    roots = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
+    return [r.resolve() for r in (roots or [Path(leaderboard).expanduser().resolve().parent])]
+
+
 def resolve_run_dir(run_dir: str, leaderboard: Path) -> Path | None:
-    """The run directory as recorded, else relative to the leaderboard or its parent; None if absent."""
+    """The run directory as recorded, else relative to the leaderboard or its parent; None if absent.
+
+    A leaderboard row is data, not an instruction: a recorded ``run_dir`` is followed only when it
+    lies inside a runs root (:func:`runs_roots`, after resolving ``..`` and symbolic links), so a row
+    cannot make the dashboard read ``codes.npz`` from anywhere else on the machine.
+    """
     p = Path(run_dir).expanduser()
+    roots = runs_roots(leaderboard)
     for cand in (p, leaderboard / p, leaderboard.parent / p):
-        if (cand / "codes.npz").is_file():
-            return cand
+        real = cand.resolve()
+        if not any(real == r or real.is_relative_to(r) for r in roots):
+            continue
+        if (real / "codes.npz").is_file():
+            return real
     return None
 

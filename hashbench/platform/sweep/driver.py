@@ -450,4 +450,9 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
                                 num_samples=1, searched=None, param_space=space, role="seed")
             counts = {k: counts[k] + c[k] for k in counts}
     total = sum(counts.values())
+    # the trials' one-row files merged into one (fast reads at sweep scale; safe beside other writers,
+    # never fails the sweep): hashbench.platform.leaderboard_store, docs/leaderboard.md
+    from hashbench.platform.leaderboard import compact_quietly
+
+    compact_quietly(cfg.leaderboard, emit)
     return SweepSummary(sweep_id, root, cfg.leaderboard, total, counts, time.perf_counter() - t0)
