@@ -277,15 +277,23 @@ def test_paper_configs_hold_the_papers_numbers():
     assert co.train["evaluation"]["knn_k"] == 5 and {s.epochs for s in co.studies} == {30}
 
 
-def test_set_overrides_epochs_of_every_study():
+def test_set_overrides_epochs_of_every_study(store):
     from hashbench.platform.sweep.config import apply_overrides
 
     cfg = apply_overrides(_paper("ynet"), {"epochs": "2"})
     assert {s.epochs for s in cfg.studies} == {2}
+    cut = apply_overrides(_paper("ynet"), {"epochs": "1", "bits": "64"})
+    assert sorted(s.method for s in cut.studies) == ["ynet", "ynet-ce", "ynet-no-fpn", "ynet-no-rmac"]
+    assert [s.bits for s in apply_overrides(_paper("ynet"), {"methods": "ynet"}).studies] == [36, 64, 128, 256]
     for bad, needle in [({"epochs": "0"}, "integer >= 1"), ({"epochs": "x"}, "integer >= 1"),
-                        ({"lr": "1"}, "valid keys: epochs, trials, seeds")]:
+                        ({"bits": "7"}, r"no study at these code lengths; its code lengths: \[36, 64, 128, 256\]"),
+                        ({"datasets": "no-such-data"}, "dataset 'no-such-data' not found"),
+                        ({"methods": "dch"}, "no study of these methods; its methods: ynet, ynet-ce"),
+                        ({"lr": "1"}, "valid keys: epochs, trials, seeds, bits, datasets, methods")]:
         with pytest.raises(HashbenchError, match=needle):
             apply_overrides(cfg, bad)
+    moved = apply_overrides(_paper("dch"), {"datasets": store, "bits": "8,16"})
+    assert [(s.method, s.dataset, s.bits) for s in moved.studies] == [("dch", store, 8), ("dch", store, 16)]
 
 
 @pytest.mark.timeout(300)
@@ -348,3 +356,4 @@ def test_train_eval_ks_flag(capsys):
     assert parse_eval_ks(None) == {}
     assert main(["train", "dch", "--dataset", "x", "--bits", "8", "--eval-ks", "5,ten"]) == 2
     assert "--eval-ks '5,ten': 'ten' is not a positive integer" in capsys.readouterr().err
+

@@ -18,8 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--gpus-per-worker", help="override resources.gpus_per_worker (a number or 'auto'), "
                                              "e.g. 1 vs 0.25 to measure GPU packing")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override the config after validation: epochs=N (every study, e.g. a paper config "
-                        "at reduced epochs on a CPU), trials=N, seeds=N (repeatable)")
+                   help="override the config after validation (repeatable): epochs=N (every study, e.g. a "
+                        "paper config at reduced epochs on a CPU), trials=N, seeds=N, bits=K,K / methods=M,M "
+                        "(only those studies), datasets=D,D (the config's studies on these datasets)")
     p.add_argument("--check", action="store_true", help="validate the config and stop")
     p.set_defaults(func=run)
 

@@ -399,13 +399,18 @@ def train_config(cfg: SweepConfig, study: Study, hp: dict, *, seed: Optional[int
 
 
 #: what ``hashbench sweep CONFIG --set KEY=VALUE`` may override after the config is validated
-OVERRIDE_KEYS = ("epochs", "trials", "seeds")
+OVERRIDE_KEYS = ("epochs", "trials", "seeds", "bits", "datasets", "methods")
 
 
 def apply_overrides(cfg: SweepConfig, pairs: dict) -> SweepConfig:
-    """``cfg`` with ``--set`` overrides: ``epochs=N`` for every study (a config's per-method epochs
-    included, e.g. a paper config's full length cut down for a CPU check), ``trials=N`` for every
-    searched study, ``seeds=N``. Anything else is a HashbenchError naming the valid keys."""
+    """``cfg`` with ``--set`` overrides, for quick checks of a long config (a paper protocol on a CPU):
+
+    ``epochs=N`` for every study (a config's per-method epochs included), ``trials=N`` for every
+    searched study, ``seeds=N``; ``bits=8,64`` / ``methods=a,b`` keep only the studies at those code
+    lengths / of those methods;
+    ``datasets=a,b`` runs every (method, bits) of the config on these datasets instead (each checked
+    as the config's own are). Anything else is a HashbenchError naming the valid keys.
+    """
     import dataclasses
 
     studies = list(cfg.studies)
@@ -413,13 +418,49 @@ def apply_overrides(cfg: SweepConfig, pairs: dict) -> SweepConfig:
     for key, value in pairs.items():
         if key not in OVERRIDE_KEYS:
             raise HashbenchError(f"--set {key}={value}: unknown key {key!r}; valid keys: {', '.join(OVERRIDE_KEYS)}")
-        try:
-            n = int(value)
-        except (TypeError, ValueError):
-            n = -1
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not items:
+            raise HashbenchError(f"--set {key}={value}: give a value")
+        if key == "datasets":
+            seen, out = set(), []
+            for s in studies:
+                for d in items:
+                    if (s.method, s.bits, d) not in seen:
+                        seen.add((s.method, s.bits, d))
+                        out.append(dataclasses.replace(s, dataset=d))
+            studies = out
+            probe = dataclasses.replace(cfg, studies=studies)
+            for s in studies:
+                train_config(probe, s, {}, check=True)  # dataset exists, fits the method
+            continue
+        if key == "methods":
+            kept = [s for s in studies if s.method in items]
+            if not kept:
+                raise HashbenchError(f"--set methods={value}: the config has no study of these methods; its "
+                                     f"methods: {', '.join(sorted({s.method for s in studies}))}")
+            studies = kept
+            continue
+        numbers = []
         low = 0 if key == "seeds" else 1
-        if str(n) != str(value).strip() or n < low:
-            raise HashbenchError(f"--set {key}={value}: expected an integer >= {low}")
+        for item in items:
+            try:
+                n = int(item)
+            except ValueError:
+                n = -1
+            if str(n) != item or n < low:
+                raise HashbenchError(f"--set {key}={value}: expected {'integers' if key == 'bits' else 'an integer'} "
+                                     f">= {low}")
+            numbers.append(n)
+        if key == "bits":
+            kept = [s for s in studies if s.bits in numbers]
+            if not kept:
+                raise HashbenchError(f"--set bits={value}: the config has no study at these code lengths; its "
+                                     f"code lengths: {sorted({s.bits for s in studies})}")
+            studies = kept
+            continue
+        if len(numbers) != 1:
+            raise HashbenchError(f"--set {key}={value}: expected one integer >= {low}")
+        n = numbers[0]
         if key == "epochs":
             studies = [dataclasses.replace(s, epochs=n) for s in studies]
         elif key == "trials":

@@ -311,7 +311,7 @@ def check_bits(value, name: str = "bits") -> int:
     bits = _positive_int(value, name)
     if bits > MAX_BITS:
         raise HashbenchError(f"{name} {bits} is too large: code lengths (embedding dimensions) go from 1 to "
-                             f"{MAX_BITS}; the papers use 8 to 128")
+                             f"{MAX_BITS}; the papers use 8 to 256 bits and 2 to 1024 embedding dimensions")
     return bits
 
 
