@@ -100,13 +100,14 @@ def test_leaderboard_best_configurations_with_ci_and_protocol(app, fx):
     want = expected_best(fx.rows, "test_mAP@100")
     assert len(table) == len(want) == 12  # 3 methods × 2 datasets × 2 code lengths
     for _, r in table.iterrows():
-        mean, half, n = want[(r["method"], r["dataset"], r["bits"])]
+        mean, half, n = want[(r["entry"], r["dataset"], r["bits"])]
         assert close(r["test_mAP@100"], mean) and close(r["test_mAP@100 ±"], half) and r["seeds"] == n
-        assert r["protocol"] == ("hits · tie-aware · no-hit include" if r["code_type"] == "binary"
+        assert r["protocol"] == "common" and r["storage_bits"] == r["bits"] * (1 if r["code_type"] == "binary" else 32)
+        assert r["evaluation"] == ("hits · tie-aware · no-hit include" if r["code_type"] == "binary"
                                  else "hits · index · no-hit include")
         assert json.loads(r["params_json"])["lr"] == 1e-3  # trial 1 wins on validation everywhere
     seeded = table[table["seeds"] > 1]
-    assert sorted(zip(seeded["method"], seeded["dataset"], seeded["bits"])) == sorted(F.SEEDED)
+    assert sorted(zip(seeded["entry"], seeded["dataset"], seeded["bits"])) == sorted(F.SEEDED)
     # with seeds 0, 1, 2 adding 0, .01, .02: mean = trial + .01, half-width = t(.975, 2) * .01 / sqrt(3)
     assert seeded["test_mAP@100 ±"].tolist() == pytest.approx([4.302652729911275 * 0.01 / math.sqrt(3)] * 2)
     assert "test_P@H<=2" in table.columns and table[table["code_type"] == "float"]["test_P@H<=2"].isna().all()
@@ -124,7 +125,7 @@ def test_leaderboard_filters_and_all_runs(app, fx):
     assert set(table["status"]) == {"completed", "stopped"}
     by_id = {r["run_id"]: r for r in want}
     assert all(close(v, by_id[i]["test_mAP@100"]) for i, v in zip(table["run_id"], table["test_mAP@100"]))
-    at.multiselect(key="lb_method").set_value(["drh"])
+    at.multiselect(key="lb_entry").set_value(["drh"])
     at.multiselect(key="lb_bits").set_value([32])
     at.run()
     assert sorted(at.dataframe[0].value["status"]) == ["completed"] * 3 + ["error"]
@@ -156,7 +157,13 @@ def test_corrupt_file_is_named_and_the_rest_shown(app, fx):
 def test_across_code_lengths_lines_heatmap_and_equal_storage(app, fx):
     at = app("Across code lengths")
     want = expected_best(fx.rows, "test_mAP@100")
-    lines, heat, storage = spec(at, 0), spec(at, 1), spec(at, 2)
+    storage = spec(at, 0)                                   # default: equal storage, x = storage_bits
+    for trace in storage["data"]:
+        code_type = F.METHODS[trace["name"]]
+        assert trace["x"] == [b if code_type == "binary" else 32 * b for b in F.BITS[code_type]]
+    assert storage["layout"]["xaxis"]["type"] == "log"
+    at.radio(key="len_axis").set_value("Equal code length (bits / dimensions)").run()
+    lines, heat = spec(at, 0), spec(at, 1)
     datasets = sorted(F.DATASETS)
     assert [a["text"] for a in lines["layout"]["annotations"]] == datasets  # one panel per dataset
     assert len(lines["data"]) == len(F.METHODS) * len(datasets)
@@ -175,16 +182,11 @@ def test_across_code_lengths_lines_heatmap_and_equal_storage(app, fx):
     hm = heat["data"][0]
     assert hm["y"] == sorted(F.METHODS) and hm["x"] == datasets
     assert hm["z"] == [[pytest.approx(want[(m, d, 16)][0]) for d in datasets] for m in sorted(F.METHODS)]
-    assert hm["text"][1][1] == f"{want[('dch', 'derm', 16)][0]:.3f} ± {want[('dch', 'derm', 16)][1]:.3f}"
+    assert hm["text"][1][1] == f"{want[('dch', 'derm', 16)][0]:.4f} ± {want[('dch', 'derm', 16)][1]:.4f}"
     at.selectbox(key="len_bits").set_value(8).run()
     hm = spec(at, 1)["data"][0]
     assert hm["y"] == ["constellation"]
     assert hm["z"] == [[pytest.approx(want[("constellation", d, 8)][0]) for d in datasets]]
-
-    for trace in storage["data"]:
-        code_type = F.METHODS[trace["name"]]
-        assert trace["x"] == [b if code_type == "binary" else 32 * b for b in F.BITS[code_type]]
-    assert storage["layout"]["xaxis"]["type"] == "log"
 
     at.selectbox(key="len_k").set_value("test_mAP@10").run()
     want10 = expected_best(fx.rows, "test_mAP@10")
@@ -414,12 +416,13 @@ def test_cli_dashboard_starts_streamlit_on_localhost(monkeypatch, tmp_path, caps
     from hashbench.platform.cli import dashboard_cmd, main
 
     calls = []
-    monkeypatch.setattr(dashboard_cmd.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(dashboard_cmd, "serve", lambda cmd: calls.append(cmd) or 0)
     assert main(["dashboard", "--leaderboard", str(tmp_path), "--port", "8611"]) == 0
     cmd = calls[0]
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(app_path())
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--server.port") + 1] == "8611"
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "minimal"  # no "Deploy" button
     assert cmd[cmd.index("--") + 1:] == ["--leaderboard", str(tmp_path.resolve())]
     assert main(["dashboard", "--leaderboard", str(tmp_path), "--host", "0.0.0.0"]) == 0
     assert calls[1][calls[1].index("--server.address") + 1] == "0.0.0.0"
@@ -428,3 +431,123 @@ def test_cli_dashboard_starts_streamlit_on_localhost(monkeypatch, tmp_path, caps
     (tmp_path / "file").write_text("x")
     assert main(["dashboard", "--leaderboard", str(tmp_path / "file")]) == 2
     assert len(calls) == 2
+
+
+# ------------------------------------------------------------------ 4: the quickstart's own data layout
+
+
+def quick_layout(root: Path) -> tuple[Path, object]:
+    """A quickstart-like directory: data/busi-quick (a store named like the quickstart's subset, absent
+    from $HASHBENCH_DATA), runs/r1/codes.npz, leaderboard/ with one row recording the store's path."""
+    from hashbench.platform.data import write_store
+    from hashbench.platform.leaderboard import append_row
+
+    rng = np.random.default_rng(5)
+    n = F.N_DB + F.N_VAL + F.N_Q
+    store = write_store(root / "data" / "busi-quick", rng.integers(0, 256, (n, 1, F.SIZE, F.SIZE), dtype=np.uint8),
+                        np.arange(n) % F.CLASSES, np.array([0] * F.N_DB + [1] * F.N_VAL + [2] * F.N_Q, np.int8),
+                        class_names=["benign", "malignant", "normal"], name="busi-quick")
+    run_dir = root / "runs" / "qs-r1"
+    F.write_codes(run_dir, "dch", 16, store, 3)
+    row = F.scored(F.base_row("dch", "busi-quick", 16), 0.7, 0.6, 0)
+    row.update(sweep_id="quickstart-x", trial_id="t1", run_id="qs-r1", run_dir=str(run_dir), status="completed",
+               role="trial", params_json="{}", dataset_fingerprint=store.fingerprint,
+               config_json=json.dumps({"method": "dch", "dataset": str(store.path),
+                                       "dataset_path": str(Path(store.path).resolve())}))
+    append_row(root / "leaderboard", row)
+    return root / "leaderboard", store
+
+
+def test_gallery_finds_the_quickstart_subset_by_its_recorded_path(app, tmp_path):
+    from hashbench.platform.data import list_datasets
+
+    lb, store = quick_layout(tmp_path / "qs")
+    assert "busi-quick" not in [d["name"] for d in list_datasets()]  # a lookup by name alone fails
+    at = app("Retrieval gallery", directory=lb)
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="gal_dataset").value == "busi-quick"
+    z = np.load(tmp_path / "qs" / "runs" / "qs-r1" / "codes.npz")
+    q = int(np.random.default_rng(0).integers(F.N_Q))
+    labels = ["benign", "malignant", "normal"]
+    qid = int(z["query_index"][q])
+    assert at.get("image")[0].captions[0].startswith(f"Query {qid} ({labels[qid % F.CLASSES]})")
+
+    # the data deleted: one clear message naming the dataset and where it was looked for
+    import shutil
+
+    shutil.rmtree(tmp_path / "qs" / "data")
+    _open_cache_clear()
+    at = app("Retrieval gallery", directory=lb)
+    msg = at.error[0].value
+    assert "'busi-quick'" in msg and "no longer on disk" in msg and str(store.path) in msg
+    assert "hashbench quickstart" in msg
+
+
+def _open_cache_clear() -> None:
+    from hashbench.dashboards.views import gallery_view
+
+    gallery_view._open.clear()
+
+
+def test_resolve_dataset_order_fingerprint_and_moved_directory(tmp_path, monkeypatch):
+    from hashbench.dashboards.gallery import dataset_candidates, resolve_dataset
+    from hashbench.platform.data import write_store
+    from hashbench.platform.errors import HashbenchError
+    from hashbench.platform.leaderboard import read_leaderboard
+
+    monkeypatch.setenv("HASHBENCH_DATA", str(tmp_path / "empty"))
+    lb, store = quick_layout(tmp_path / "qs")
+    row = read_leaderboard(lb).row(0, named=True)
+    here = str(tmp_path / "qs" / "data" / "busi-quick")  # recorded path = the path beside the leaderboard here
+    assert dataset_candidates(row, lb) == [here, "busi-quick"]
+    assert dataset_candidates(row, tmp_path / "lb2") == [here, str(tmp_path / "data" / "busi-quick"), "busi-quick"]
+    ds, warning = resolve_dataset(row, lb)
+    assert Path(ds.path).resolve() == Path(store.path).resolve() and warning is None
+
+    # the whole quickstart directory moved: the recorded path is gone, data/<name> beside the leaderboard is found
+    (tmp_path / "qs").rename(tmp_path / "moved")
+    ds, warning = resolve_dataset(row, tmp_path / "moved" / "leaderboard")
+    assert Path(ds.path) == tmp_path / "moved" / "data" / "busi-quick" and warning is None
+
+    # a store of that name in $HASHBENCH_DATA with other content: used only with a warning
+    rng = np.random.default_rng(9)
+    write_store(tmp_path / "empty" / "busi-quick", rng.integers(0, 256, (12, 1, 8, 8), dtype=np.uint8),
+                np.arange(12) % 2, np.array([0] * 6 + [1] * 3 + [2] * 3, np.int8), class_names=["a", "b"],
+                name="busi-quick")
+    ds, warning = resolve_dataset(row, tmp_path / "elsewhere" / "leaderboard")
+    assert Path(ds.path) == tmp_path / "empty" / "busi-quick"
+    assert "differs from the one this run used" in warning and row["dataset_fingerprint"][:12] in warning
+    # a matching store later in the order wins over a mismatching earlier one
+    ds, warning = resolve_dataset(row, tmp_path / "moved" / "leaderboard")
+    assert warning is None and Path(ds.path) == tmp_path / "moved" / "data" / "busi-quick"
+
+    (tmp_path / "empty" / "busi-quick" / "meta.json").unlink()
+    with pytest.raises(HashbenchError, match="'busi-quick'.*no longer on disk; looked in: "):
+        resolve_dataset(row, tmp_path / "elsewhere" / "leaderboard")
+
+
+def test_one_seed_one_code_length_distinct_colours_and_readable_log_ticks(app, tmp_path):
+    from hashbench.dashboards.views.common import PALETTE, colours, log_ticks
+
+    lb, _ = quick_layout(tmp_path / "qs")
+    at = app(directory=lb)
+    table = at.dataframe[0].value
+    assert len(table) == 1 and not [c for c in table.columns if c.endswith(" ±")] and "seeds" not in table.columns
+
+    at = app("Across code lengths", directory=lb)
+    axis = spec(at, 0)["layout"]["xaxis"]
+    assert axis["type"] == "log" and axis["tickvals"] == [16] and axis["ticktext"] == ["16"]
+    assert axis["range"][0] < math.log10(16) < axis["range"][1]  # the single length sits inside the axis
+
+    at = app("Speed", directory=lb)
+    axis = spec(at, 0)["layout"]["xaxis"]
+    qps = 5000.0 / 2  # the fixture's queries_per_s at 16 bits, seed 0
+    assert axis["type"] == "log" and min(axis["tickvals"]) <= qps <= max(axis["tickvals"])
+    assert axis["ticktext"] == [f"{v:,.0f}" for v in axis["tickvals"]]
+
+    names = [f"method-{i:02d}" for i in range(40)]
+    assert len(set(colours(names).values())) == 40 and len(set(PALETTE)) == len(PALETTE) == 48
+    assert log_ticks([1500, 80_000]) == ([2e3, 5e3, 1e4, 2e4, 5e4, 1e5],
+                                         ["2,000", "5,000", "10,000", "20,000", "50,000", "100,000"])
+    assert log_ticks([300, 4e6])[1] == ["1,000", "10,000", "100,000", "1,000,000"]  # many decades: powers of 10
+    assert log_ticks([]) == ([], [])

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 import test_dashboard_fixture as F
+from test_dashboard_server import served
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHART = '[data-testid="stPlotlyChart"] .js-plotly-plot .main-svg'
@@ -47,44 +45,18 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"hashbench dashboard exited with {proc.returncode}: {proc.stdout.read()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"the dashboard did not answer at {url} within {timeout} s")
-
-
 @pytest.mark.timeout(240)
 def test_dashboard_in_chromium(chromium, tmp_path):
     from playwright.sync_api import sync_playwright
 
     fx = F.build(tmp_path / "fixture")
-    port = free_port()
-    env = {**os.environ, "HASHBENCH_DATA": str(fx.data_home)}
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "hashbench", "dashboard", "--leaderboard", str(fx.leaderboard),
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, proc, 60)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(chromium), headless=True, args=ARGS)
+    with served(fx.leaderboard, tmp_path, {"HASHBENCH_DATA": str(fx.data_home)}) as server, \
+            sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), headless=True, args=ARGS)
+        try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(url)
+            page.goto(server.url)
             page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)  # the leaderboard table
             page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
             page.get_by_text("Across code lengths", exact=True).click()
@@ -98,16 +70,13 @@ def test_dashboard_in_chromium(chromium, tmp_path):
             drawn = page.locator('[data-testid="stPlotlyChart"]').first.locator(".scatterlayer .trace").count()
             page.screenshot(path=str(tmp_path / "across_code_lengths.png"), full_page=True)
             body = page.inner_text("body")
+            deploy = page.get_by_text("Deploy", exact=True).count()
+        finally:
             browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     n_lines = len(F.METHODS) * len(F.DATASETS)  # one line per method in each dataset panel
     assert traces == n_lines and drawn == n_lines
     assert "Traceback" not in body and "broken.parquet" in body  # the corrupt file is named, not fatal
+    assert deploy == 0  # client.toolbarMode=minimal: no "Deploy" button
     assert (tmp_path / "across_code_lengths.png").stat().st_size > 10_000
     print(f"\nbrowser test: server start to {n_lines}-trace chart in {elapsed:.1f} s; "
           f"screenshots in {tmp_path}")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Where the leaderboard is looked for when neither --leaderboard nor $HASHBENCH_LEADERBOARD says.
-DEFAULT_LEADERBOARD = "leaderboard"
-
 
 def app_path() -> Path:
     """The Streamlit script (``streamlit run`` takes a file)."""
@@ -15,5 +12,8 @@ def app_path() -> Path:
 
 
 def leaderboard_dir(given: str | os.PathLike | None = None) -> Path:
-    """``given``, else ``$HASHBENCH_LEADERBOARD``, else :data:`DEFAULT_LEADERBOARD`."""
-    return Path(given or os.environ.get("HASHBENCH_LEADERBOARD") or DEFAULT_LEADERBOARD).expanduser()
+    """``given``, else ``$HASHBENCH_LEADERBOARD``, else the most recently written leaderboard
+    (``hashbench.platform.defaults.find_leaderboard``), else ``./leaderboard``."""
+    from hashbench.platform.defaults import find_leaderboard
+
+    return find_leaderboard(given)[0]

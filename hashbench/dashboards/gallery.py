@@ -8,6 +8,7 @@ ascending database position (faiss's order, the ``index`` tie policy).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,62 @@ class RunCodes:
     bits: int
     code_type: str
     distance: str
+
+
+def dataset_candidates(row: dict, leaderboard: Path | None = None) -> list[str]:
+    """Where a row's prepared dataset may be, in the order tried.
+
+    The path the run recorded (``config_json``'s ``dataset_path``, then its ``dataset`` when that is
+    a path), then ``data/<name>`` beside the leaderboard (the quickstart's layout, also after the
+    whole quickstart directory moved), then the dataset's name (built-in stores, ``$HASHBENCH_DATA``).
+    """
+    import json
+
+    try:
+        cfg = json.loads(row.get("config_json") or "{}")
+    except ValueError:
+        cfg = {}
+    out: list[str] = []
+    for p in (cfg.get("dataset_path"), cfg.get("dataset")):
+        if isinstance(p, str) and p and (os.sep in p or p.startswith(".")):
+            out.append(p)
+    name = row.get("dataset") or ""
+    if leaderboard is not None and name:
+        out.append(str(Path(leaderboard).parent / "data" / name))
+    if name:
+        out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def resolve_dataset(row: dict, leaderboard: Path | None = None, load=None):
+    """The prepared dataset of a leaderboard ``row``: ``(dataset, warning or None)``.
+
+    Tries :func:`dataset_candidates` in order and takes the first whose fingerprint is the recorded
+    one; failing that, the first that opens at all, with a warning that its images may not match the
+    codes. Raises HashbenchError naming every place looked in when none opens.
+    """
+    if load is None:
+        from hashbench.platform.data import load_dataset as load
+    want = row.get("dataset_fingerprint") or ""
+    opened, tried = [], []
+    for cand in dataset_candidates(row, leaderboard):
+        try:
+            ds = load(cand)
+        except HashbenchError as exc:
+            tried.append(f"{cand} ({str(exc).splitlines()[0][:80]})")
+            continue
+        if not want or ds.fingerprint == want:
+            return ds, None
+        opened.append(ds)
+        tried.append(f"{cand} (fingerprint {ds.fingerprint[:12]}, not {want[:12]})")
+    if opened:
+        ds = opened[0]
+        return ds, (f"The prepared dataset {row.get('dataset')!r} at {ds.path} (fingerprint {ds.fingerprint[:12]}) "
+                    f"differs from the one this run used ({want[:12]}): images may not match the codes.")
+    raise HashbenchError(
+        f"The data of run {row.get('run_id')!r} (dataset {row.get('dataset')!r}, fingerprint {want[:12]}) is "
+        f"no longer on disk; looked in: {'; '.join(tried)}. Prepare it again with the same source and options "
+        f"(`hashbench data prepare …`; for the quickstart's subsets, run `hashbench quickstart` again).")
 
 
 def read_codes(path: Path) -> RunCodes:

@@ -9,7 +9,7 @@ import polars as pl
 import streamlit as st
 
 from hashbench.dashboards import results
-from hashbench.dashboards.views.common import colours, nan_to_none, options
+from hashbench.dashboards.views.common import colours, legend_height, nan_to_none, options
 
 
 def pr_points(metrics_json: str | None) -> dict | None:
@@ -33,9 +33,10 @@ def pr_figure(best: pl.DataFrame, colour: dict[str, str]) -> tuple[go.Figure, li
                                  line={"color": colour[row["method"]],
                                        "dash": "solid" if row["code_type"] == "binary" else "dot"},
                                  hovertemplate=f"{row['method']}<br>{at} %{{customdata}}<br>"
-                                               "recall=%{x:.3f}<br>precision=%{y:.3f}<extra></extra>"))
+                                               "recall=%{x:.4f}<br>precision=%{y:.4f}<extra></extra>"))
     fig.update_layout(xaxis_title="recall", yaxis_title="precision", xaxis_range=[0, 1],
-                      yaxis_range=[0, 1.02], height=420, margin={"t": 30}, legend={"title": "method"})
+                      yaxis_range=[0, 1.02], height=legend_height(best.height), margin={"t": 30},
+                      legend={"title": "method"})
     return fig, missing
 
 
@@ -46,10 +47,10 @@ def radius_figure(best: pl.DataFrame, colour: dict[str, str]) -> go.Figure:
     return go.Figure(go.Bar(
         x=methods, y=binary["test_P@H<=2"].to_list(), marker_color=[colour[m] for m in methods],
         error_y={"type": "data", "array": nan_to_none(binary["test_P@H<=2 ±"].to_list()), "visible": True},
-        text=[f"{v:.3f}" for v in binary["test_P@H<=2"].to_list()], textposition="outside",
+        text=[f"{v:.4f}" for v in binary["test_P@H<=2"].to_list()], textposition="outside",
         hovertemplate="%{x}: P@H≤2 = %{y:.4f}<extra></extra>"),
         layout={"yaxis_title": "precision within Hamming radius 2", "yaxis_range": [0, 1.1],
-                "height": 380, "margin": {"t": 30}})
+                "xaxis": {"tickangle": -30}, "height": 420, "margin": {"t": 30, "b": 110}})
 
 
 def render(data: results.Loaded) -> None:

@@ -18,10 +18,22 @@ def _codes(path: str, mtime_ns: int) -> gallery.RunCodes:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Opening the dataset…")
-def _dataset(name: str):
+def _open(path: str, fingerprint: str):
     from hashbench.platform.data import load_dataset
 
-    return load_dataset(name)
+    return load_dataset(path)
+
+
+def _dataset(row: dict, leaderboard: Path):
+    """The row's dataset (recorded path and fingerprint first, then by name) and a warning or None."""
+    def load(cand: str):
+        from hashbench.platform.data.store import resolve
+
+        path = resolve(cand)  # HashbenchError when it is not there
+        meta = Path(path) / "meta.json"
+        return _open(str(path), str(meta.stat().st_mtime_ns) if meta.is_file() else "")
+
+    return gallery.resolve_dataset(row, leaderboard, load=load)
 
 
 def choose_run(rows: pl.DataFrame) -> dict | None:
@@ -87,10 +99,9 @@ def render(data: results.Loaded) -> None:
         return
     path = found[row["run_dir"]] / "codes.npz"
     codes = _codes(str(path), path.stat().st_mtime_ns)
-    ds = _dataset(row["dataset"])
-    if row["dataset_fingerprint"] and ds.fingerprint != row["dataset_fingerprint"]:
-        st.warning(f"The prepared dataset {row['dataset']!r} (fingerprint {ds.fingerprint[:12]}) differs from "
-                   f"the one this run used ({row['dataset_fingerprint'][:12]}): images may not match the codes.")
+    ds, warning = _dataset(row, data.directory)
+    if warning:
+        st.warning(warning)
     k = st.slider("Retrieved images (k)", 1, 20, 8, key="gal_k")
     q = choose_query(codes)
     if q is None:
@@ -106,6 +117,8 @@ def render(data: results.Loaded) -> None:
     st.dataframe(pl.DataFrame({
         "rank": np.arange(1, len(order) + 1), "dataset id": db_ids, "distance": dist,
         "labels": [label_text(codes.db_labels[i]) for i in order], "correct": relevant}),
-        hide_index=True, key="gal_table")
+        hide_index=True, key="gal_table",
+        column_config={"distance": st.column_config.NumberColumn(
+            "distance", format="%d" if codes.distance == "hamming" else "%.4f")})
     st.caption(f"Ranking: exact {codes.distance} distance over the run's {len(codes.db_index)} database codes, "
                "ties broken by ascending database position (the `index` tie policy).")

@@ -7,7 +7,7 @@ import polars as pl
 import streamlit as st
 
 from hashbench.dashboards import results
-from hashbench.dashboards.views.common import colours, options
+from hashbench.dashboards.views.common import colours, legend_height, log_ticks, options
 
 
 def tradeoff(runs: pl.DataFrame, metric: str, colour: dict[str, str]) -> go.Figure:
@@ -22,8 +22,11 @@ def tradeoff(runs: pl.DataFrame, metric: str, colour: dict[str, str]) -> go.Figu
             customdata=part.select("bits", "device", "seed").rows(),
             hovertemplate=(f"{m} · %{{customdata[0]}} bits · %{{customdata[1]}} · seed %{{customdata[2]}}"
                            f"<br>%{{x:,.0f}} queries/s<br>{metric}=%{{y:.4f}}<extra></extra>")))
-    fig.update_layout(xaxis={"title": "queries per second (log)", "type": "log"},
-                      yaxis_title=metric.removeprefix("test_"), height=420, margin={"t": 30},
+    ticks, labels = log_ticks(runs["queries_per_s"].to_list())
+    fig.update_layout(xaxis={"title": "queries per second (log scale)", "type": "log", "tickvals": ticks,
+                             "ticktext": labels},
+                      yaxis={"title": metric.removeprefix("test_"), "tickformat": ".2f"},
+                      height=legend_height(len(options(runs, "method"))), margin={"t": 30},
                       legend={"title": "method"})
     return fig
 
@@ -40,8 +43,9 @@ def throughput(runs: pl.DataFrame) -> go.Figure:
                              name=dev or "unknown device", customdata=part["runs"].to_list(),
                              hovertemplate="%{x}: %{y:,.0f} images/s (mean of %{customdata} runs)"
                                            "<extra></extra>"))
-    fig.update_layout(barmode="group", yaxis_title="training images per second", height=380,
-                      margin={"t": 30}, legend={"title": "device"})
+    fig.update_layout(barmode="group", yaxis={"title": "training images per second", "tickformat": ",.0f"},
+                      xaxis={"tickangle": -30}, height=420, margin={"t": 30, "b": 110},
+                      legend={"title": "device"})
     return fig
 
 

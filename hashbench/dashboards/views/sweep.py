@@ -19,6 +19,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from hashbench.dashboards import results
+from hashbench.dashboards.views.common import NUMBER
 
 SCORE = "val_mAP@100"
 
@@ -76,9 +77,11 @@ def _axis(values: pl.Series) -> dict:
 def parallel(study: pl.DataFrame, params: list[str]) -> go.Figure:
     """Parallel coordinates: one line per trial through its parameters to its validation mAP."""
     dims = [_axis(study[p]) for p in params] + [{"label": SCORE, "values": study[SCORE].to_list()}]
+    # labels sit above the axes and tick labels beside them: room on every side keeps them unclipped
     return go.Figure(go.Parcoords(line={"color": study[SCORE].to_list(), "colorscale": "Viridis",
-                                        "showscale": True, "colorbar": {"title": "val mAP"}},
-                                  dimensions=dims), layout={"height": 420, "margin": {"t": 50}})
+                                        "showscale": True, "colorbar": {"title": "val mAP", "x": 1.06}},
+                                  labelangle=-15, labelside="top", dimensions=dims),
+                     layout={"height": 460, "margin": {"t": 110, "l": 90, "r": 140, "b": 40}})
 
 
 def scatter(study: pl.DataFrame, params: list[str]) -> go.Figure:
@@ -119,7 +122,8 @@ def render(data: results.Loaded) -> None:
     st.subheader("Best trial")
     show = ["trial_id", "status", SCORE, "test_mAP@100", "seed", "epochs", "run_id"]
     st.dataframe(pl.concat([top.select(show), top.select(c for c in study.columns if c.startswith("hp."))],
-                           how="horizontal"), hide_index=True, key="sw_best")
+                           how="horizontal"), hide_index=True, key="sw_best",
+                 column_config={m: st.column_config.NumberColumn(m, format=NUMBER) for m in (SCORE, "test_mAP@100")})
     st.caption(f"{study.height} trial(s) with a validation score in this study "
                f"({study.filter(pl.col('status') == 'stopped').height} stopped early by ASHA).")
     if not params:

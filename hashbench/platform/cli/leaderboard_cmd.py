@@ -6,11 +6,14 @@ FORMATS = ("table", "csv", "markdown", "latex", "json")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("leaderboard", help="show the leaderboard (best run per method, dataset, code length)",
-                       description="Show the Parquet leaderboard: by default the best run per (method, dataset, "
-                                   "bits) chosen on validation mAP@100, with its test metrics and, for "
-                                   "configurations re-trained with --seeds, mean ± 95%% CI over the seeds.")
-    p.add_argument("--dir", default="leaderboard", help="leaderboard directory (default: ./leaderboard)")
+    p = sub.add_parser("leaderboard", help="show the leaderboard (best run per entry at equal storage or code length)",
+                       description="Show the Parquet leaderboard: by default the best run per (protocol, dataset, "
+                                   "entry, storage_bits) chosen on validation mAP@100 (--axis bits: per code "
+                                   "length), with its test metrics and, for "
+                                   "configurations re-trained with --seeds, mean ± 95% CI over the seeds.")
+    p.add_argument("--leaderboard", "--dir", dest="dir", metavar="DIR",
+                   help="leaderboard directory (default: $HASHBENCH_LEADERBOARD, else the most recently "
+                        "written one, see docs/leaderboard.md)")
     p.add_argument("--dataset", nargs="+", help="only these datasets")
     p.add_argument("--method", nargs="+", help="only these methods")
     p.add_argument("--bits", nargs="+", type=int, help="only these code lengths")
@@ -70,10 +73,17 @@ def run(args) -> int:
     from hashbench.platform.errors import HashbenchError
     from hashbench.platform.leaderboard import filter_rows, leaderboard_view, read_leaderboard
     import os
+    import sys
 
-    if not os.path.isdir(args.dir):
-        raise HashbenchError(f"leaderboard directory {args.dir}: no such directory; run `hashbench sweep` or "
-                             f"`hashbench quickstart` first, or pass --dir")
+    from hashbench.platform.defaults import find_leaderboard
+
+    found, how = find_leaderboard(args.dir)
+    if not os.path.isdir(found):
+        raise HashbenchError(f"leaderboard directory {found}: no such directory; run `hashbench quickstart`, "
+                             f"`hashbench sweep` or `hashbench train` first, or pass --leaderboard DIR")
+    if how != "given":
+        print(f"leaderboard: {found} ({how}; --leaderboard DIR chooses another)", file=sys.stderr)
+    args.dir = str(found)
     df = filter_rows(read_leaderboard(args.dir), dataset=args.dataset, method=args.method, bits=args.bits,
                      protocol=args.protocol)
     view = leaderboard_view(df, all_runs=args.all_runs, axis=args.axis, metrics=args.metrics)
@@ -100,9 +110,12 @@ AXIS_LINES = {
 
 def protocol_lines(df) -> list:
     """One line per distinct evaluation protocol of the rows shown, so every number states its protocol."""
+    import polars as pl
+
     cols = ["protocol", "metric_convention", "tie_policy", "no_hit_policy", "distance"]
     out = []
-    for r in df.select(cols).unique().sort(cols, nulls_last=True).iter_rows(named=True):
+    measured = df.filter(pl.col("metric_convention").is_not_null())  # stopped / failed rows have no protocol
+    for r in measured.select(cols).unique().sort(cols, nulls_last=True).iter_rows(named=True):
         where = ("selection on val (docs/protocol.md)" if r["protocol"] == "common"
                  else f"the paper's own protocol (configs/papers/, docs/protocol.md)")
         out.append(f"protocol {r['protocol']}: mAP convention {r['metric_convention']}, ties {r['tie_policy']}, "

@@ -113,6 +113,9 @@ def run(args) -> int:
     from hashbench.platform.sweep.driver import run_sweep
 
     summary = run_sweep(cfg, emit=_emit)
+    from hashbench.platform.defaults import remember_leaderboard
+
+    remember_leaderboard(summary.leaderboard)  # `hashbench dashboard` with no flag opens it
     df = read_leaderboard(summary.leaderboard)
     import polars as pl
 
@@ -122,7 +125,8 @@ def run(args) -> int:
     c = summary.counts
     print(f"\n{summary.trials} trials in {time.perf_counter() - t0:.0f} s ({c['completed']} completed, "
           f"{c['error']} failed). Leaderboard: {summary.leaderboard}")
-    print(f"Open the dashboard:  hashbench dashboard --leaderboard {summary.leaderboard}")
+    print("Open the dashboard:  hashbench dashboard   (the most recent leaderboard; "
+          f"or: hashbench dashboard --leaderboard {summary.leaderboard})")
     return 0 if c["error"] == 0 else 1
 
 

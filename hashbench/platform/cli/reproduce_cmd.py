@@ -17,11 +17,15 @@ def add_parser(sub) -> None:
                                    "fingerprint, and print every metric: recorded, reproduced, difference. "
                                    "The re-run goes to a new run directory and adds no leaderboard row.")
     p.add_argument("run_id", help="the run_id (or row_id) of a leaderboard row")
-    p.add_argument("--dir", default="leaderboard", help="leaderboard directory (default: ./leaderboard)")
+    p.add_argument("--leaderboard", "--dir", dest="leaderboard", metavar="DIR",
+                   help="leaderboard directory (default: $HASHBENCH_LEADERBOARD, else the most recently "
+                        "written one: see docs/leaderboard.md)")
     p.add_argument("--out", help="where the re-run goes (default: the recorded out_dir)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="device for the re-run (default: a GPU if any)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="exit 1 when a test metric differs by more than this (default: only report)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show library output instead of writing it to the re-run's reproduce.log")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=run)
 
@@ -61,14 +65,23 @@ def compare(recorded: dict, reproduced: dict) -> list:
 
 
 def run(args) -> int:
+    from hashbench.platform.cli.output import run_with_progress
+    from hashbench.platform.defaults import find_leaderboard
+    from hashbench.platform.errors import HashbenchError
     from hashbench.platform.leaderboard import find_row, read_leaderboard
     from hashbench.platform.training import run_local, run_training
 
-    row = find_row(read_leaderboard(args.dir), args.run_id)
+    directory, how = find_leaderboard(args.leaderboard)
+    try:
+        row = find_row(read_leaderboard(directory), args.run_id)
+    except HashbenchError as exc:
+        raise HashbenchError(f"{exc} (in leaderboard {directory}{'' if how == 'given' else f', {how}'}; "
+                             f"pass --leaderboard DIR)") from None
     cfg = reproduce_config(row, out=args.out, device=args.device)
-    print(f"reproducing {row['run_id']} ({row['method']}, {row['dataset']}, {row['bits']} bits, seed {cfg.seed}) "
-          f"-> {cfg.run_dir}", flush=True)
-    result = run_local(cfg) if cfg.workers == 1 else run_training(cfg)
+    print(f"reproducing {row['run_id']} ({row['method']}, {row['dataset']}, {row['bits']} bits, seed {cfg.seed}, "
+          f"{cfg.torch_threads} torch thread(s)) from {directory} -> {cfg.run_dir}", flush=True)
+    result, _ = run_with_progress(cfg, run_local if cfg.workers == 1 else run_training, verbose=args.verbose,
+                                  log_name="reproduce.log")
     rows = compare(json.loads(row["metrics_json"] or "{}"), result.metrics)
     worst = max((abs(d) for k, _, _, d in rows if k.startswith("test_") and math.isfinite(d)), default=0.0)
     if args.json:

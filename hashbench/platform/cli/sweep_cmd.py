@@ -41,11 +41,14 @@ def run(args) -> int:
 
     summary = run_sweep(cfg, resume=args.resume, address=args.address, storage=args.storage, seeds=args.seeds,
                         leaderboard=args.leaderboard, emit=_emit)
+    from hashbench.platform.defaults import remember_leaderboard
+
+    remember_leaderboard(summary.leaderboard)  # `hashbench leaderboard` / `dashboard` with no flag find it
     c = summary.counts
     print(f"sweep {summary.sweep_id!r} finished in {summary.wall_s:.1f} s: {summary.trials} trials "
           f"({c['completed']} completed, {c['stopped']} stopped early, {c['error']} failed); "
           f"Tune state in {summary.root}")
-    print(f"leaderboard: hashbench leaderboard --dir {summary.leaderboard}")
+    print(f"leaderboard: hashbench leaderboard --leaderboard {summary.leaderboard}")
     return 0 if c["error"] == 0 else 1
 
 

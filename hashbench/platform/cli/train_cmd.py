@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from hashbench.platform.errors import HashbenchError
 
@@ -46,6 +45,15 @@ def add_parser(sub) -> None:
     p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="run every training step eagerly (default: one CUDA graph per step on a single GPU "
                         "for methods that allow it)")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch CPU threads (default 1); recorded in the run's configuration, since CPU "
+                        "results depend on it")
+    p.add_argument("--leaderboard", "--dir", dest="leaderboard", default="leaderboard", metavar="DIR",
+                   help="leaderboard directory that gets this run's row (keyed by its run id, no sweep id; "
+                        "default: ./leaderboard)")
+    p.add_argument("--no-leaderboard", action="store_true", help="write no leaderboard row")
+    p.add_argument("--verbose", action="store_true",
+                   help="show library output (Ray, faiss, warnings) instead of writing it to RUN_DIR/train.log")
     p.add_argument("--json", action="store_true", help="print the final metrics and configuration as JSON")
     p.set_defaults(func=run)
 
@@ -79,8 +87,9 @@ def parse_eval_ks(text) -> dict:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
+    from hashbench.platform.cli.output import run_with_progress
+    from hashbench.platform.defaults import remember_leaderboard
+    from hashbench.platform.leaderboard import append_row, check_writable, now_iso, rows_from_result
     from hashbench.platform.training import TrainConfig, run_local, run_training
 
     cfg = TrainConfig(
@@ -89,31 +98,31 @@ def run(args) -> int:
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, seed=args.seed,
         out_dir=args.out, run_name=args.run_name, augment=parse_pairs(args.augment, "--augment"),
         patience=args.patience, max_failures=args.max_failures, storage_path=args.storage_path,
-        device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, **parse_eval_ks(args.eval_ks))
-    bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} {cfg.dataset_name} {cfg.bits}b", unit="epoch",
-               file=sys.stderr, dynamic_ncols=True)
-
-    def on_epoch(m: dict) -> None:
-        if m.get("done"):
-            bar.set_postfix({"test_mAP@100": f"{m.get('test_mAP@100', float('nan')):.4f}"})
-            return
-        bar.n = int(m["epoch"]) + 1
-        bar.set_postfix({"loss": f"{m['loss']:.4g}", "val_mAP@100": f"{m['val_mAP@100']:.4f}"})
-        bar.refresh()
-
-    try:
-        result = run_local(cfg, on_epoch=on_epoch) if args.local else run_training(cfg, on_epoch=on_epoch)
-    finally:
-        bar.close()
+        device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, torch_threads=args.torch_threads,
+        **parse_eval_ks(args.eval_ks))
+    leaderboard = None if args.no_leaderboard else check_writable(args.leaderboard)
+    started = now_iso()
+    result, log = run_with_progress(cfg, run_local if args.local else run_training, verbose=args.verbose)
+    row_file = None
+    if leaderboard is not None:
+        # one row per readout of the run (jtanet: float and sign; drh: sign and DRH-NB float)
+        row_file = [append_row(leaderboard, row) for row in rows_from_result(result, started_at=started)][0]
+        remember_leaderboard(leaderboard)
     if args.json:
         print(json.dumps({"run_id": result.run_id, "run_dir": result.run_dir, "metrics": result.metrics,
                           "protocol": result.protocol, "timings": result.timings,
                           "throughput": result.throughput, "device": result.device,
-                          "epochs_run": result.epochs_run, "config": result.config}, indent=2, default=str))
+                          "epochs_run": result.epochs_run, "config": result.config,
+                          "leaderboard_row": str(row_file) if row_file else None, "log": log},
+                         indent=2, default=str))
     else:
         m = result.metrics
         print(f"{result.run_id}: test mAP@100 {m.get('test_mAP@100', float('nan')):.4f}, "
               f"val mAP@100 {m['val_mAP@100']:.4f}, {result.epochs_run} epochs, "
               f"train {result.timings['train_s']:.1f} s, total {result.timings['total_s']:.1f} s, "
               f"encode {result.throughput['encode_images_per_s']:.0f} images/s -> {result.run_dir}")
+        if row_file is not None:
+            print(f"leaderboard row: {row_file} (hashbench leaderboard --leaderboard {leaderboard})")
+        if log:
+            print(f"log: {log}")
     return 0

@@ -216,8 +216,11 @@ class Progress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        test = (trial.last_result or {}).get("test_mAP@100")
-        what = f"test mAP@100 {test:.4f}" if test is not None else "stopped early"
+        last = trial.last_result or {}
+        test, val = last.get("test_mAP@100"), last.get(METRIC)
+        # the final report's val mAP: for two-stage methods (itq, lsh, ...) that of the fitted hash function
+        what = (f"val mAP@100 {val:.4f}, test mAP@100 {test:.4f}" if test is not None and val is not None
+                else f"test mAP@100 {test:.4f}" if test is not None else "stopped early")
         self.emit(f"  {self._name(trial)} done ({self.done}/{self.total}): {what}")
 
     def on_trial_error(self, iteration, trials, trial, **info):

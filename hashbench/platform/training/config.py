@@ -176,6 +176,7 @@ class TrainConfig:
     protocol: str = "common"
     restore_best: bool = True
     evaluation: dict = field(default_factory=dict)
+    torch_threads: int = 1
     hp: dict = field(init=False, default_factory=dict)
     dataset_path: str = field(init=False, default="")
     dataset_fingerprint: str = field(init=False, default="")
@@ -190,6 +191,7 @@ class TrainConfig:
         self.batch_size = m.batch_size if self.batch_size is None else _positive_int(self.batch_size, "batch_size")
         self.workers = _positive_int(self.workers, "workers")
         self.eval_batch_size = _positive_int(self.eval_batch_size, "eval_batch_size")
+        self.torch_threads = _positive_int(self.torch_threads, "torch_threads")
         self.max_failures = _int_at_least(self.max_failures, "max_failures", -1)
         self.seed = _int_at_least(self.seed, "seed", 0)
         if self.patience is not None:

@@ -250,6 +250,7 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     Raises HashbenchError when the loss becomes NaN or infinite (naming the epoch and step).
     """
     t_start = time.perf_counter()
+    torch.set_num_threads(cfg.torch_threads)  # recorded in the config: CPU results depend on it
     from hashbench.platform.data import load_dataset
 
     method = cfg.method_spec

@@ -45,7 +45,13 @@ def run_local(cfg: TrainConfig, on_epoch: Optional[Callable[[dict], None]] = Non
                              f"run it on Ray Train for data-parallel workers")
     _check_not_finished(cfg)
     ckpt_root = os.path.join(cfg.run_dir, "checkpoints")
-    result = fit(cfg, LocalSession(ckpt_root, device=cfg.device, on_report=on_epoch))
+    import torch
+
+    threads = torch.get_num_threads()  # fit sets cfg.torch_threads; give the caller its own back
+    try:
+        result = fit(cfg, LocalSession(ckpt_root, device=cfg.device, on_report=on_epoch))
+    finally:
+        torch.set_num_threads(threads)
     shutil.rmtree(ckpt_root, ignore_errors=True)
     return result
 
