@@ -74,16 +74,16 @@ def test_ksh_spectral_init_is_scipys_top_generalised_eigenvector():
 def test_ksh_objective_never_increases_and_codes_match_the_target_better_than_random():
     x, y, _ = _clusters(90, 6, classes=3)
     _, _, _, kbar = sh.fit_kernel(x, 30, 1.0, torch.Generator().manual_seed(3), "t")
-    s = ksh.similarity(y)
     bits = 6
-    a, info = ksh.ksh_fit(kbar, s, bits, iterations=300)
+    a, info = ksh.ksh_fit(kbar, y, bits, iterations=300)
     # within every bit: Q̃ over the accepted optimisation steps never increases
     for trace in info["traces"]:
         assert all(b <= a_ + 1e-9 * abs(a_) for a_, b in zip(trace, trace[1:]))
     # the kept solution is at least as good as the spectral one, on the discrete objective (eq. 8)
     assert all(q <= q0 + 1e-9 for q, q0 in zip(info["discrete"], info["discrete_spectral"]))
     # the greedy objective ‖H Hᵀ − r S‖² (eq. 7), recomputed in numpy from the codes, bit by bit
-    kn, sn = kbar.numpy(), s.numpy()
+    kn, yn = kbar.numpy(), y.numpy()
+    sn = np.where(yn @ yn.T > 0, 1.0, -1.0)                            # S_ij written out independently
     h = np.where(kn @ a.numpy() >= 0, 1.0, -1.0)
     res = [np.sum((h[:, :k] @ h[:, :k].T - bits * sn) ** 2) for k in range(bits + 1)]
     assert np.allclose(res, info["residue"], rtol=1e-10)
@@ -97,6 +97,26 @@ def test_ksh_objective_never_increases_and_codes_match_the_target_better_than_ra
     same = sn > 0
     agree = (h @ h.T) / bits
     assert agree[same].mean() > 0.9 and agree[~same].mean() < -0.2
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_ksh_residue_operator_equals_the_dense_matrix(multi_label):
+    g = torch.Generator().manual_seed(11)
+    t = torch.arange(20) % 4
+    y = F.one_hot(t, 4).double()
+    if multi_label:
+        y[::3, 0] = 1.0                                                # some items carry two labels
+    res = ksh.Residue(y, 5)
+    assert (res.s is None) != multi_label                              # the factored form only for one label
+    hs = sh.sign(torch.randn(20, 3, generator=g, dtype=torch.float64))
+    for k in range(3):
+        res.subtract(hs[:, k])
+    yn, hn = y.numpy(), hs.numpy()
+    dense = 5 * np.where(yn @ yn.T > 0, 1.0, -1.0) - hn @ hn.T         # r S − Σ h hᵀ, formed in numpy
+    v = torch.randn(20, 2, generator=g, dtype=torch.float64)
+    assert np.allclose((res @ v).numpy(), dense @ v.numpy(), atol=1e-10)
+    assert np.allclose((res @ v[:, 0]).numpy(), dense @ v[:, 0].numpy(), atol=1e-10)
+    assert res.frobenius2() == pytest.approx(float((dense ** 2).sum()), rel=1e-12)
 
 
 def test_ksh_finalize_fills_the_model_and_the_state_dict_reproduces_codes():
