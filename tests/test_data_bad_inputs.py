@@ -164,6 +164,8 @@ def test_skip_invalid_records_dropped_boxes(tmp_path, data_home, capsys):
     ds = load_dataset("t")
     assert len(ds) == 1 and ds.meta["notes"]["skipped_boxes"][0].endswith("has zero area "
                                                                           "(need xmax > xmin and ymax > ymin)")
+    out = capsys.readouterr().out  # the CLI says how many boxes it dropped
+    assert "skipped 1 invalid box(es) (--skip-invalid)" in out and "notes.skipped_boxes" in out
 
 
 def test_image_named_twice(tmp_path, data_home, capsys):

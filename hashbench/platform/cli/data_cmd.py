@@ -143,6 +143,10 @@ def run_prepare(args) -> int:
           f"(train {c['train']['items']}, val {c['val']['items']}, test {c['test']['items']}), "
           f"{ds.num_classes} classes, {ds.channels}x{ds.image_size}x{ds.image_size}"
           f"{', masks' if ds.has_masks else ''}, fingerprint {ds.fingerprint[:12]}")
+    skipped = (ds.meta.get("notes") or {}).get("skipped_boxes") or []
+    if skipped:
+        print(f"skipped {len(skipped)} invalid box(es) (--skip-invalid), e.g. {skipped[0]}; all are listed "
+              f"in {ds.path / 'meta.json'} under notes.skipped_boxes")
     return 0
 
 
