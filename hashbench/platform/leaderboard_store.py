@@ -59,7 +59,7 @@ STAMP = "_written_ns"          # storage column: when the row was written (newes
 ROW_PREFIX = "row-"
 COMPACT_PREFIX = "compacted-"
 BATCH = 512                    # files read by one polars call on the fast path
-RELIST_ATTEMPTS = 8            # a reader lists again when a compaction deleted a listed file
+RELIST_ATTEMPTS = 20           # a reader lists again when a compaction deleted a listed file
 
 
 class LeaderboardWarning(HashbenchWarning):
@@ -311,6 +311,8 @@ def _read_consistent(directory: Path) -> tuple[_Batch, int]:
         if not batch.vanished:
             return batch, attempt
         time.sleep(0.01 * (attempt + 1))
+    batch.skipped += [(p, "removed while being read, again and again (compactions running without pause?); "
+                          "read the leaderboard again") for p in batch.vanished]
     return batch, RELIST_ATTEMPTS
 
 
@@ -367,9 +369,13 @@ def find_row_file(directory: str | os.PathLike, row: dict) -> Optional[Path]:
     if singles:
         return singles[-1]
     others = [p for p in list_files(directory) if _parse_single(p.name) is None]
-    for path in reversed(others):  # compacted files and files of older versions
+    wanted = ("sweep_id", "trial_id", "run_id", "entry", "method", "readout")
+    for path in reversed(others):  # compacted files and files of older versions: read the key columns only
         try:
-            keys = pl.read_parquet(path, glob=False).select(_key_expr().alias("_key"))["_key"]
+            present = [c for c in wanted if c in pl.read_parquet_schema(path)]
+            frame = pl.read_parquet(path, columns=present, glob=False)
+            missing = [pl.lit(None, pl.String).alias(c) for c in wanted if c not in present]
+            keys = frame.with_columns(missing).select(_key_expr().alias("_key"))["_key"]
         except Exception:  # noqa: BLE001 - unreadable or gone: it holds no row we can use
             continue
         if any(json.dumps(list(k), ensure_ascii=False) == key for k in keys.to_list() if k is not None):
