@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -163,6 +164,7 @@ def train(args, sets: dict, seeds: list) -> list:
                         print(f"| {method} | {dataset} | {bits} | {seed} | error: {exc} |", flush=True)
                         rows.append({"entry": method, "method": method, "dataset": dataset, "bits": bits,
                                      "seed": seed, "error": str(exc)})
+                        _save(args.json_out, {"runs": rows})
                         continue
                     total = time.perf_counter() - t0
                     m_obj = get_method(method)
@@ -188,7 +190,18 @@ def train(args, sets: dict, seeds: list) -> list:
                             for k in ("train_images_per_s", "encode_images_per_s")] + [
                             f"{row['train_s']:.1f}", f"{row['total_s']:.1f}", res.device]
                         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+                    _save(args.json_out, {"runs": rows})   # after every run: a killed matrix keeps its runs
     return rows
+
+
+def _save(path, data: dict) -> None:
+    """Write ``data`` as JSON atomically (temporary file + rename); nothing when ``path`` is None."""
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    os.replace(tmp, path)
 
 
 def report(rows: list, pairs: list, seeds: list, json_out) -> None:
@@ -210,9 +223,7 @@ def report(rows: list, pairs: list, seeds: list, json_out) -> None:
         for c in comparisons:
             print(f"| {c['a']} | {c['b']} | {c['dataset']} | {c['bits']} | {c['n']} | "
                   f"{_fmt_ci(c['diff_mAP@100'], c['diff_ci95'])} | {c['verdict']} |")
-    if json_out:
-        with open(json_out, "w") as f:
-            json.dump({"runs": rows, "summary": summary, "comparisons": comparisons}, f, indent=1, default=str)
+    _save(json_out, {"runs": rows, "summary": summary, "comparisons": comparisons})
 
 
 if __name__ == "__main__":
