@@ -62,7 +62,7 @@ def test_dashboard_in_chromium(chromium, tmp_path):
             page.get_by_text("Across code lengths", exact=True).click()
             page.wait_for_selector(CHART, timeout=60_000)
             page.wait_for_function(
-                "() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .js-plotly-plot').length >= 3",
+                "() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .js-plotly-plot').length >= 2",
                 timeout=60_000)
             elapsed = time.monotonic() - t0
             traces = page.evaluate("() => document.querySelector('[data-testid=\"stPlotlyChart\"] "

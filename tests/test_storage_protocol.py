@@ -76,6 +76,16 @@ def test_rows_record_storage_bits(store, method, bits, code_type, storage):
     assert row["readout"] == ("sign" if code_type == "binary" else "float")
 
 
+@pytest.mark.parametrize("method, dims", [("jtanet", 512), ("jtanet", 1024), ("constellation", 128)])
+def test_float_methods_run_at_their_papers_embedding_sizes(store, method, dims):
+    cfg = TrainConfig(method=method, dataset=store, bits=dims, params={"K": 2} if method == "constellation" else {})
+    net = get_method(method).build_model(ModelContext(in_channels=1, image_size=8, num_classes=3, bits=dims), cfg.hp)
+    net.eval()
+    with torch.no_grad():
+        assert net.encode(torch.rand(2, 1, 8, 8)).shape == (2, dims)
+    assert lb.storage_bits_of("float", dims) == 32 * dims
+
+
 # --------------------------------------------------------------------------- readouts in the registry
 
 def test_readouts_are_declared_per_method():
@@ -132,6 +142,7 @@ def test_also_binary_run_writes_a_float_and_a_sign_row_linked_by_run_id(store, t
             lb.append_row(tmp_path / "lb", r)
     df = lb.read_leaderboard(tmp_path / "lb")
     assert df.height == 2 and df["run_id"].n_unique() == 1 and sorted(df["entry"]) == ["jtanet", "jtanet-sign"]
+    assert lb.find_row(df.sort("entry", descending=True), res.run_id)["entry"] == "jtanet"   # reproduce's row
 
 
 @pytest.mark.timeout(300)
@@ -357,3 +368,31 @@ def test_train_eval_ks_flag(capsys):
     assert main(["train", "dch", "--dataset", "x", "--bits", "8", "--eval-ks", "5,ten"]) == 2
     assert "--eval-ks '5,ten': 'ten' is not a positive integer" in capsys.readouterr().err
 
+
+# --------------------------------------------------------------------------- the dashboard's axis
+
+@pytest.mark.timeout(120)
+def test_dashboard_compares_at_equal_storage_by_default_and_toggles_to_bits(board, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from hashbench.dashboards import app_path
+
+    monkeypatch.setenv("HASHBENCH_LEADERBOARD", str(board))
+    at = AppTest.from_file(str(app_path()), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.multiselect(key="lb_metrics").set_value(["test_mAP@100"]).run()
+    table = at.dataframe[0].value
+    assert list(table.columns[:7]) == ["protocol", "dataset", "storage_bits", "bits", "entry", "readout", "code_type"]
+    got = list(zip(table["protocol"], table["storage_bits"], table["entry"], table["bits"]))
+    # equal storage: 64 bits = 64-bit dch = 2-d jtanet = 64-d jtanet-sign; sorted by storage, then test mAP
+    assert got == [("common", 64, "jtanet-sign", 64), ("common", 64, "jtanet", 2), ("common", 64, "dch", 64),
+                   ("common", 512, "jtanet", 16), ("common", 512, "dch", 512), ("paper:dch", 64, "dch", 64)]
+    at.radio(key="lb_axis").set_value("Equal code length (bits / dimensions)").run()
+    table = at.dataframe[0].value
+    assert list(table.columns[:4]) == ["protocol", "dataset", "bits", "storage_bits"]
+    assert list(zip(table["bits"], table["entry"]))[:4] == [(2, "jtanet"), (16, "jtanet"), (64, "jtanet-sign"),
+                                                            (64, "dch")]
+    at.radio(key="view").set_value("Across code lengths").run()
+    lines = json.loads(at.get("plotly_chart")[0].proto.spec)
+    xs = {t["name"]: t["x"] for t in lines["data"]}
+    assert xs == {"dch": [64, 512], "jtanet": [64, 512], "jtanet-sign": [64], "dch [paper:dch]": [64]}

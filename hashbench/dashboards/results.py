@@ -99,8 +99,9 @@ def metric_columns(rows: pl.DataFrame) -> list[str]:
     return [c for c in rows.columns if c.startswith("test_") and rows.schema[c].is_numeric()]
 
 
-def best(rows: pl.DataFrame, metrics: list[str]) -> pl.DataFrame:
-    """The best configuration per (method, dataset, bits) with each metric's mean and 95 % CI.
+def best(rows: pl.DataFrame, metrics: list[str], axis: str = "storage") -> pl.DataFrame:
+    """The best configuration per (protocol, dataset, entry, storage_bits) -- or, with ``axis="bits"``,
+    per (protocol, dataset, entry, bits) -- with each metric's mean and 95 % CI.
 
     The configuration is the completed search trial with the highest validation mAP@100
     (``leaderboard.best_runs``, the choice ``hashbench leaderboard`` shows). Where it was re-trained
@@ -108,10 +109,10 @@ def best(rows: pl.DataFrame, metrics: list[str]) -> pl.DataFrame:
     the 95 % Student-t confidence interval (``leaderboard.seed_summary``); otherwise ``m`` is the
     trial's value and ``m ±`` is null. ``seeds`` counts the runs behind ``m``.
     """
-    from hashbench.platform.leaderboard import GROUP, best_runs, seed_summary
+    from hashbench.platform.leaderboard import SEED_KEY, best_runs, seed_summary
 
-    chosen = best_runs(rows)
-    key = [*GROUP, "params_json"]
+    chosen = best_runs(rows, axis=axis)
+    key = list(SEED_KEY)
     summary = seed_summary(rows, metrics).rename({"n_seeds": "seeds"})
     out = chosen.join(summary, on=key, how="left").with_columns(pl.col("seeds").fill_null(1))
     for m in metrics:

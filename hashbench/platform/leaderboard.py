@@ -390,8 +390,13 @@ def seed_summary(df: pl.DataFrame, metrics: Iterable[str] = ("test_mAP@100",),
 
 
 def find_row(df: pl.DataFrame, run_id: str) -> dict:
-    """The row whose ``run_id`` (or ``row_id``) is ``run_id``; the error lists a few valid ids."""
+    """The row whose ``run_id`` (or ``row_id``) is ``run_id``; the error lists a few valid ids.
+
+    A run with several readouts has one row per readout under the same ``run_id``: the method's own
+    readout's row (``entry == method``) is returned, whose metrics are the run's ``metrics``.
+    """
     hit = df.filter((pl.col("run_id") == run_id) | (pl.col("row_id") == run_id))
+    hit = hit.sort(pl.col("entry") != pl.col("method"), nulls_last=True)  # the primary readout first
     if hit.height == 0:
         some = ", ".join(df["run_id"].head(5).to_list()) or "(the leaderboard is empty)"
         raise HashbenchError(f"no leaderboard row with run id {run_id!r}; some run ids: {some}")
