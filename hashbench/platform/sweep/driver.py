@@ -203,15 +203,18 @@ def _trial(hp: dict, *, cfg: SweepConfig, studies: dict, default_key: Optional[s
 class Progress(Callback):
     """A Tune callback printing one line per epoch and per finished trial (``emit`` must pickle)."""
 
-    def __init__(self, emit: Callable[[str], None], label: str, total: int):
+    def __init__(self, emit: Callable[[str], None], label: str, total: int, two_stage: frozenset = frozenset()):
         self.emit, self.label, self.total, self.done = emit, label, total, 0
+        self.two_stage = two_stage  # study keys whose per-epoch val mAP is the proxy's, before the hash fit
 
     def _name(self, trial) -> str:
         return f"[{trial.config.get(STUDY_KEY, self.label)}] trial {trial.trial_id}"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "test_mAP@100" not in result:
+            proxy = trial.config.get(STUDY_KEY, self.label) in self.two_stage
             self.emit(f"  {self._name(trial)} epoch {result.get('epoch')}: "
+                      f"{'proxy (before the hash fit) ' if proxy else ''}"
                       f"val mAP@100 {result.get(METRIC, float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -306,7 +309,10 @@ def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, de
     trainable = tune.with_resources(tune.with_parameters(_trial, **common), plan.trial_resources)
     path = f"{root}/{name}"
     total = num_samples if searched is not None else _grid_size(param_space)
-    progress = Progress(emit, default_key or name, total)
+    from hashbench.platform.registry import get_method
+
+    two_stage = frozenset(k for k, st in studies.items() if get_method(st.method).finalize is not None)
+    progress = Progress(emit, default_key or name, total, two_stage=two_stage)
     run_config = tune.RunConfig(name=name, storage_path=root, verbose=0, callbacks=[progress],
                                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
