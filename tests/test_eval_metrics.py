@@ -68,16 +68,19 @@ def bf_orders(dists, tie_aware):
     return [[j for part in combo for j in part] for combo in itertools.product(*[list(itertools.permutations(g)) for g in groups])]
 
 
-def bf_evaluate(qc, dc, ql, dl, ks, convention, tie_aware, distance="hamming", exclude_no_hit=False):
-    n = len(dc)
+def bf_evaluate(qc, dc, ql, dl, ks, convention, tie_aware, distance="hamming", exclude_no_hit=False,
+                exclude_self=False):
+    """exclude_self: query i is database item i and is left out of its own database."""
+    n = len(dc) - int(exclude_self)
     kk = [n if k == "all" else min(k, n) for k in ks]
     sums = {f"mAP@{k}": [] for k in ks}
     res_p = {k: [] for k in ks}
     res_r = {k: [] for k in ks}
     maprs, rprecs = [], []
     for qi in range(len(qc)):
-        dists = [bf_distance(qc[qi], dc[j], distance) for j in range(n)]
-        rel = [bf_relevant(ql[qi], dl[j]) for j in range(n)]
+        items = [j for j in range(len(dc)) if not (exclude_self and j == qi)]
+        dists = [bf_distance(qc[qi], dc[j], distance) for j in items]
+        rel = [bf_relevant(ql[qi], dl[j]) for j in items]
         R = sum(rel)
         orders = bf_orders(dists, tie_aware)
         acc = np.zeros((len(ks), 4))
@@ -91,14 +94,16 @@ def bf_evaluate(qc, dc, ql, dl, ks, convention, tie_aware, distance="hamming", e
         for i, k in enumerate(ks):
             if not (exclude_no_hit and acc[i, 3] == 0):
                 sums[f"mAP@{k}"].append(acc[i, 0])
-            res_p[k].append(acc[i, 1])
-            res_r[k].append(acc[i, 2])
+            if not (exclude_no_hit and R == 0):     # the no-hit policy drops R = 0 queries everywhere
+                res_p[k].append(acc[i, 1])
+                res_r[k].append(acc[i, 2])
         if not (exclude_no_hit and R == 0):
             maprs.append(acc_mr[0])
             rprecs.append(acc_mr[1])
     out = {key: (float(np.mean(v)) if v else 0.0) for key, v in sums.items()}
     for k in ks:
-        out[f"P@{k}"] = float(np.mean(res_p[k]))
+        out[f"P@{k}"] = float(np.mean(res_p[k])) if res_p[k] else 0.0
+        out[f"R@{k}"] = float(np.mean(res_r[k])) if res_r[k] else 0.0
     out["MAP@R"] = float(np.mean(maprs)) if maprs else 0.0
     out["R-precision"] = float(np.mean(rprecs)) if rprecs else 0.0
     return out
@@ -171,7 +176,8 @@ def test_index_ties_against_loops(engine, convention, multi):
         ref = bf_evaluate(qc, dc, ql, dl, ks, convention, tie_aware=False, exclude_no_hit=exclude)
         res = evaluate(qc, dc, ql, dl, ks=ks, convention=convention, ties="index", engine=engine,
                        exclude_no_hit=exclude)
-        assert_close(res, ref, [f"mAP@{k}" for k in ks] + [f"P@{k}" for k in ks] + ["MAP@R", "R-precision"])
+        assert_close(res, ref, [f"mAP@{k}" for k in ks] + [f"P@{k}" for k in ks] + [f"R@{k}" for k in ks]
+                     + ["MAP@R", "R-precision"])
 
 
 @pytest.mark.parametrize("distance", ["l2", "cosine"])
@@ -311,6 +317,71 @@ def test_torch_and_faiss_float_rankings_with_ties():
         assert torch.equal(ti, fi)
 
 
+def exact_float_order(q, db, distance):
+    """Reference order of float codes: float64 distances of the float32 vectors, ties by index (stable)."""
+    q64, d64 = q.astype(np.float32).astype(np.float64), db.astype(np.float32).astype(np.float64)
+    if distance == "cosine":
+        q64, d64 = q64 / np.linalg.norm(q64, axis=1, keepdims=True), d64 / np.linalg.norm(d64, axis=1, keepdims=True)
+        d = 1 - q64 @ d64.T
+    else:
+        d = ((q64[:, None, :] - d64[None, :, :]) ** 2).sum(2)
+    return np.argsort(d, axis=1, kind="stable"), d
+
+
+def test_float_l2_rankings_are_exact_and_identical_to_faiss_up_to_float32_near_ties():
+    """Non-integer embeddings far from the origin: float32 ||q||^2 + ||d||^2 - 2 q.d (faiss IndexFlatL2, the
+    old torch engine) loses most digits, so faiss reorders near-ties. Both our engines return the exact
+    (float64 distance, index) order; wherever faiss IndexFlatL2 disagrees, the two items' exact distances
+    are within faiss's float32 rounding of each other."""
+    import faiss
+
+    from hashbench.platform.evaluation.engines import FaissEngine, TorchEngine
+    from hashbench.platform.evaluation.inputs import prepare
+
+    rng = np.random.default_rng(12)
+    db = (30 + 0.02 * rng.normal(size=(1500, 16))).astype(np.float32)
+    q = (30 + 0.02 * rng.normal(size=(60, 16))).astype(np.float32)
+    db[7] = db[3]                                            # an exact duplicate: a true tie, index order
+    order, dist = exact_float_order(q, db, "l2")
+    prep = prepare(q, db, np.zeros(60), np.zeros(1500), distance="l2", bits=None, device=torch.device("cpu"))
+    index = faiss.IndexFlatL2(16)
+    index.add(db)
+    sq = (q.astype(np.float64) ** 2).sum(1)[:, None] + (db.astype(np.float64) ** 2).sum(1).max()
+    bound = 4 * 20 * 2.0 ** -24 * sq                         # float32 error of the decomposition, generous
+    faiss_rows_differ = 0
+    for k in (1, 10, 100, 1500):
+        ti, _ = TorchEngine(prep).ranking(prep.query, k)
+        fi, _ = FaissEngine(prep).ranking(prep.query, k)
+        assert np.array_equal(ti.numpy(), order[:, :k]), k
+        assert np.array_equal(fi.numpy(), order[:, :k]), k
+        _, raw = index.search(q, k)
+        bad = raw != order[:, :k]
+        faiss_rows_differ += int(bad.any(1).sum())
+        rows, cols = np.nonzero(bad)
+        gap = np.abs(dist[rows, raw[rows, cols]] - dist[rows, order[rows, cols]])
+        assert (gap <= bound[rows, 0]).all()
+    assert faiss_rows_differ > 0                              # the data does exercise float32 near-ties
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_float_rankings_identical_across_engines_and_chunks(distance):
+    from hashbench.platform.evaluation.engines import FaissEngine, TorchEngine
+    from hashbench.platform.evaluation.inputs import prepare
+
+    rng = np.random.default_rng(13)
+    db = rng.normal(size=(800, 24)).astype(np.float32)
+    db[100:110] = db[5]                                       # ten exact duplicates
+    q = np.concatenate([db[:20] + 1e-6 * rng.normal(size=(20, 24)), rng.normal(size=(20, 24))]).astype(np.float32)
+    order, _ = exact_float_order(q, db, distance)
+    prep = prepare(q, db, np.zeros(40), np.zeros(800), distance=distance, bits=None, device=torch.device("cpu"))
+    for k in (1, 7, 200, 800):
+        ti = torch.cat([TorchEngine(prep).ranking(prep.query[s:s + 9], k)[0] for s in range(0, 40, 9)])
+        fi, _ = FaissEngine(prep).ranking(prep.query, k)
+        assert torch.equal(ti, fi), k
+        if distance == "l2":                                  # cosine: the reference normalises in float64
+            assert np.array_equal(ti.numpy(), order[:, :k]), k
+
+
 def test_chunking_does_not_change_results():
     qc, dc, ql, dl = tiny_case(31, n_q=9, n_db=50, bits=6, multi=True)
     for ties in ("index", "tie-aware"):
@@ -389,3 +460,142 @@ def test_pr_curve_by_rank_for_float_codes_against_loops():
             rs.append(sum(rel[:k]) / sum(rel) if sum(rel) else 0.0)
         assert curve["precision"][i] == pytest.approx(np.mean(ps))
         assert curve["recall"][i] == pytest.approx(np.mean(rs))
+
+
+# ---------------------------------------------------------------- same-set retrieval (leave-one-out)
+def same_set_case(seed, n=14, bits=4, classes=4, multi=False):
+    """Heavy ties and exact duplicate codes (a query's own code is shared by other items), one class held
+    by a single item (a query without any relevant item) and, multi-label, an item with no label."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 2, (n, bits))
+    codes[1] = codes[0]
+    if multi:
+        labels = rng.integers(0, 2, (n, classes))
+        labels[2] = 0
+        labels[3] = 0
+        labels[3, 0] = 1
+        labels[4:, 0] = 0                                   # label 0: item 3 alone
+    else:
+        labels = rng.integers(0, classes - 1, n)
+        labels[3] = classes - 1                             # a class of one item
+    return codes, labels
+
+
+SAME_SET_KEYS = ("mAP@1", "mAP@3", "mAP@all", "P@1", "P@3", "R@3", "MAP@R", "R-precision")
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("ties", ["index", "tie-aware"])
+def test_same_set_against_leave_one_out_loops(ties, multi, monkeypatch):
+    """Every Hamming path (torch level-select / truncated histograms, numpy, numba kernels) against loops
+    that rank each query against the database without its own item."""
+    from hashbench.platform.evaluation import engines
+
+    codes, labels = same_set_case(3, n=10 if ties == "tie-aware" else 14, multi=multi)
+    ks = [1, 3, "all"]
+    keys = [k for k in SAME_SET_KEYS if not (ties == "tie-aware" and k.startswith("R@"))]
+    for exclude in (False, True):
+        ref = bf_evaluate(codes, codes, labels, labels, ks, "hits", tie_aware=ties == "tie-aware",
+                          exclude_no_hit=exclude, exclude_self=True)
+        for engine in ("torch", "faiss", "numba"):
+            monkeypatch.setattr(engines, "KERNEL_MIN_PAIRS", 0 if engine == "numba" else 2 ** 60)
+            res = evaluate(codes, codes, labels, labels, ks=ks, ties=ties, exclude_self=True, exclude_no_hit=exclude,
+                           engine="faiss" if engine == "numba" else engine)
+            assert_close(res, ref, keys)
+            assert res["protocol"]["same_set"] is True
+            assert res["protocol"]["k_effective"]["all"] == len(codes) - 1
+        # the truncated (top-k) path of the torch engine: cut-offs below N - 1 only
+        part = evaluate(codes, codes, labels, labels, ks=[1, 3], ties=ties, engine="torch", exclude_self=True,
+                        exclude_no_hit=exclude, map_at_r=False, hamming_radius=None)
+        assert_close(part, ref, ["mAP@1", "mAP@3", "P@1", "P@3"])
+
+
+def test_same_set_radius_and_pr_curve_leave_the_own_item_out():
+    codes, labels = same_set_case(4, n=12)
+    res = evaluate(codes, codes, labels, labels, ks=[2], exclude_self=True, hamming_radius=1, pr_curve=True)
+    precs, rec0 = [], []
+    for i in range(len(codes)):
+        others = [j for j in range(len(codes)) if j != i]
+        got = [j for j in others if bf_distance(codes[i], codes[j], "hamming") <= 1]
+        precs.append(sum(labels[j] == labels[i] for j in got) / len(got) if got else 0.0)
+        R = sum(labels[j] == labels[i] for j in others)
+        at0 = sum(labels[j] == labels[i] for j in others if bf_distance(codes[i], codes[j], "hamming") == 0)
+        rec0.append(at0 / R if R else 0.0)
+    assert res["P@H<=1"] == pytest.approx(np.mean(precs))
+    assert res["pr_curve"]["recall"][0] == pytest.approx(np.mean(rec0))
+
+
+def test_same_set_float_and_knn():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(30, 4))
+    x[1] = x[0]                                                 # an exact duplicate of query 0
+    y = rng.integers(0, 3, 30)
+    ks = [1, 5, "all"]
+    for engine in ("torch", "faiss"):
+        for ties in ("index", "tie-aware"):
+            ref = bf_evaluate(x, x, y, y, ks, "hits", tie_aware=ties == "tie-aware", distance="l2", exclude_self=True)
+            res = evaluate(x, x, y, y, distance="l2", ks=ks, ties=ties, engine=engine, exclude_self=True)
+            assert_close(res, ref, ["mAP@1", "mAP@5", "mAP@all", "P@5", "MAP@R"])
+    res = evaluate(x, x, y, y, distance="l2", ks=[1], knn_k=3, exclude_self=True)
+    preds = []
+    for i in range(30):
+        order = sorted((j for j in range(30) if j != i), key=lambda j: (float(((x[i] - x[j]) ** 2).sum()), j))[:3]
+        preds.append(int(np.argmax([sum(y[j] == c for j in order) for c in range(3)])))
+    ref = np.mean([np.mean([p == c for p, t in zip(preds, y) if t == c]) for c in np.unique(y)])
+    assert res["kNN-balanced-accuracy"] == pytest.approx(ref)
+
+
+def test_same_set_bad_inputs():
+    from hashbench.platform.errors import HashbenchError
+
+    codes, labels = same_set_case(5)
+    with pytest.raises(HashbenchError, match="12 queries and 14 database items"):
+        evaluate(codes[:12], codes, labels[:12], labels, exclude_self=True)
+    other = codes.copy()
+    other[5] = 1 - other[5]
+    with pytest.raises(HashbenchError, match="differ \\(first at row 5\\)"):
+        evaluate(other, codes, labels, labels, exclude_self=True)
+    lab = labels.copy()
+    lab[7] = lab[7] + 1
+    with pytest.raises(HashbenchError, match="query_labels and db_labels differ \\(first at row 7\\)"):
+        evaluate(codes, codes, lab, labels, exclude_self=True)
+    with pytest.raises(HashbenchError, match="at least 2 items"):
+        evaluate(codes[:1], codes[:1], labels[:1], labels[:1], exclude_self=True)
+
+
+def test_n_minus_m_cut_offs():
+    from hashbench.platform.errors import HashbenchError
+
+    qc, dc, ql, dl = tiny_case(40, n_q=5, n_db=20, bits=4)
+    res = evaluate(qc, dc, ql, dl, ks=["N-1", 19, "N-0"], ties="index")
+    assert res["mAP@N-1"] == res["mAP@19"] and res["protocol"]["k_effective"]["N-0"] == 20
+    with pytest.raises(HashbenchError, match="0 <= m < N = 20"):
+        evaluate(qc, dc, ql, dl, ks=["N-20"])
+    with pytest.raises(HashbenchError, match="0 <= m < N"):
+        evaluate(qc, dc, ql, dl, ks=["N-x"])
+
+
+def test_run_protocol_same_set_option():
+    """TrainConfig's ``evaluation.same_set``: the test split scored against itself, recorded in the protocol."""
+    from types import SimpleNamespace
+
+    from hashbench.platform.errors import HashbenchError
+    from hashbench.platform.training.config import resolve_evaluation
+    from hashbench.platform.training.loop import evaluate_readout
+
+    ev = resolve_evaluation({"same_set": "true"})
+    assert ev["same_set"] is True and resolve_evaluation(None)["same_set"] is False
+    with pytest.raises(HashbenchError, match="same_set"):
+        resolve_evaluation({"same_set": "maybe"})
+    codes, labels = same_set_case(8, n=12)
+    onehot = torch.eye(4)[torch.as_tensor(labels)]
+    q = torch.as_tensor(codes * 2 - 1, dtype=torch.int8)
+    db = torch.ones(5, codes.shape[1], dtype=torch.int8)          # the train database: ignored under same_set
+    cfg = SimpleNamespace(evaluation=ev, eval_ks=(1, 3, "all"))
+    readout = SimpleNamespace(name="codes", code_type="binary", distance="hamming")
+    method = SimpleNamespace(distance="hamming")
+    metrics, protocol = evaluate_readout(q, db, onehot, torch.eye(4)[:1].repeat(5, 1), method, readout, cfg,
+                                         torch.device("cpu"), False)
+    ref = evaluate(codes, codes, labels, labels, ks=[1, 3, "all"], exclude_self=True)
+    assert protocol["same_set"] is True and protocol["n_db"] == 12
+    assert metrics["test_mAP@all"] == pytest.approx(ref["mAP@all"], abs=1e-12)

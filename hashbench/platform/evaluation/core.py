@@ -78,13 +78,19 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
              ks=(10, 100, 1000, "all"), convention: str = "hits", ties: str = "tie-aware",
              exclude_no_hit: bool = False, engine: str = "auto", device=None, bits: int | None = None,
              hamming_radius: int | None = 2, pr_curve: bool = False, map_at_r: bool = True,
-             knn_k: int | None = None, chunk_size: int | None = None) -> dict:
+             knn_k: int | None = None, chunk_size: int | None = None, exclude_self: bool = False) -> dict:
     """Retrieval metrics of ``query_codes`` against ``db_codes`` under one named protocol.
 
     Returns ``mAP@<k>``, ``P@<k>``, ``R@<k>`` for each cut-off, ``MAP@R`` and ``R-precision``
     (``map_at_r``), ``P@H<=<r>`` and ``H<=<r>-empty-queries`` for binary codes (``hamming_radius``),
     ``pr_curve`` (asked for), ``kNN-balanced-accuracy`` (``knn_k``), and ``protocol``. See
     docs/metrics.md for the exact definition of each convention and tie policy.
+
+    ``exclude_self``: same-set retrieval (leave-one-out): the queries ARE the database (same codes and
+    labels, row i = item i) and each query's own item is removed from its ranking, its histograms and
+    its count of relevant items, so every metric sees a database of ``N - 1`` items (``all`` = N - 1).
+    ``exclude_no_hit``: queries without any relevant item are dropped from every average (as
+    pytorch-metric-learning does); ``mAP@k`` also drops queries without a hit in the top k.
 
     On CPU the torch arithmetic runs single-threaded (restored afterwards): it is memory-bound
     bookkeeping, and multi-threaded small ops stall on a busy machine (measured 100x slower);
@@ -105,19 +111,24 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
 
 def _locals_kwargs(scope: dict) -> dict:
     names = ("distance", "ks", "convention", "ties", "exclude_no_hit", "engine", "bits", "hamming_radius",
-             "pr_curve", "map_at_r", "knn_k", "chunk_size")
+             "pr_curve", "map_at_r", "knn_k", "chunk_size", "exclude_self")
     return {name: scope[name] for name in names}
 
 
 def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, ks, convention, ties,
-              exclude_no_hit, engine, bits, hamming_radius, pr_curve, map_at_r, knn_k, chunk_size) -> dict:
+              exclude_no_hit, engine, bits, hamming_radius, pr_curve, map_at_r, knn_k, chunk_size,
+              exclude_self) -> dict:
     if convention not in CONVENTIONS:
         raise HashbenchError(f"convention: {convention!r} is not one of {', '.join(CONVENTIONS)}")
     if ties not in TIES:
         raise HashbenchError(f"ties: {ties!r} is not one of {', '.join(TIES)}")
     prep = prepare(query_codes, db_codes, query_labels, db_labels, distance=distance, bits=bits, device=dev)
     n_db, n_q = prep.db.shape[0], prep.query.shape[0]
-    cutoffs = parse_ks(ks, n_db)
+    exclude_self = bool(exclude_self)
+    if exclude_self:
+        _check_same_set(prep)
+    n_eff = n_db - exclude_self               # database items each query is ranked against
+    cutoffs = parse_ks(ks, n_eff)
     if hamming_radius is not None and prep.binary and (int(hamming_radius) != hamming_radius or hamming_radius < 0):
         raise HashbenchError(f"hamming_radius: must be an integer >= 0, got {hamming_radius!r}")
     if knn_k is not None and (int(knn_k) != knn_k or knn_k <= 0):
@@ -135,18 +146,23 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
     step = max(chunk, 4096) if kernels and not chunk_size else chunk
 
     R_all = relevant_counts(prep, chunk)
+    self_rel = None
+    if exclude_self:                          # the query's own item is relevant when it has a label
+        self_rel = (torch.ones(n_q, dtype=F64, device=dev) if prep.query_labels.dim() == 1
+                    else prep.query_labels.any(1).to(F64))
+        R_all = R_all - self_rel
     kvec = torch.tensor([k for _, k in cutoffs], device=dev, dtype=torch.int64)
     grouped = ties == "tie-aware"
     want_hist = prep.binary and (grouped or hamming_radius is not None or pr_curve)
     # tie-aware Hamming metrics at cut-offs below N only need the buckets up to the k-th distance
     truncated = (want_hist and grouped and not (map_at_r or pr_curve or hamming_radius is not None)
-                 and eng_name == "torch" and int(kvec.max()) < n_db)
+                 and eng_name == "torch" and int(kvec.max()) < n_eff)
     depth = int(kvec.max())
     if map_at_r and not grouped:
         depth = max(depth, int(R_all.max().item()))
-    depth = min(max(depth, 1), n_db)
+    depth = min(max(depth, 1), n_eff)
     if grouped and not prep.binary:
-        depth = n_db
+        depth = n_eff
     harm = M.harmonic_table(n_db, dev) if grouped else None
     labels_np = _compact_labels(prep) if dev.type == "cpu" and not grouped and not kernels else None
 
@@ -157,25 +173,31 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
         qlc = prep.query_labels[s:s + step]
         R = R_all[s:s + step]
         nq = qc.shape[0]
+        own = torch.arange(s, s + nq, device=dev) if exclude_self else None       # each query's own item
+        rank = _ranker(eng, own)
+        kh = int(kvec.max()) + exclude_self   # truncated histograms: the own item takes one place at distance 0
         cut = kvec.unsqueeze(0).expand(nq, -1)
         if map_at_r:
             cut = torch.cat([cut, R.to(torch.int64).unsqueeze(1)], 1)
         n = r = None
-        if kernels and not grouped:
-            hits, S, ap_hits, n, r = eng.ranked_sums(qc, qlc, cut)
-        elif truncated:
-            n, r = eng.truncated_histograms(qc, _relevance_of(prep, qlc), int(kvec.max()))
-        elif want_hist and kernels:
-            n, r = eng.label_histograms(qc, qlc)
+        if kernels and not grouped:        # the kernel leaves the own item out of its sums and histograms
+            hits, S, ap_hits, n, r = eng.ranked_sums(qc, qlc, cut, **({"self_start": s} if exclude_self else {}))
         elif want_hist:
-            n, r = eng.histograms(qc, relevance(qlc, prep.db_labels))
+            if truncated:
+                n, r = eng.truncated_histograms(qc, _relevance_of(prep, qlc), kh)
+            elif kernels:
+                n, r = eng.label_histograms(qc, qlc)
+            else:
+                n, r = eng.histograms(qc, relevance(qlc, prep.db_labels))
+            if exclude_self:               # every histogram path: the own item leaves level 0
+                n, r = remove_self_from_histograms(n, r, self_rel[s:s + nq])
         if grouped:
             if not prep.binary:
-                ids, dist = eng.ranking(qc, n_db)
+                ids, dist = rank(qc, n_eff)
                 n, r = float_groups(dist, _gather_relevance(prep, qlc, ids))
             hits, S, ap_hits = M.grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits")
         elif not kernels:
-            ids, _ = eng.ranking(qc, depth, with_dist=False)
+            ids, _ = rank(qc, depth, with_dist=False)
             cut_d = cut.clamp_max(depth)
             if dev.type == "cpu":
                 rel_np = _gather_relevance_np(labels_np, s, ids.numpy())
@@ -208,9 +230,9 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
             if prep.binary:
                 got, good = torch.cumsum(n, 1), torch.cumsum(r, 1)
             else:
-                ids, _ = eng.ranking(qc, n_db)
-                good = torch.cumsum(_gather_relevance(prep, qlc, ids), 1, dtype=torch.int64)[:, _pr_ranks(n_db) - 1]
-                got = torch.as_tensor(_pr_ranks(n_db), device=dev).to(F64).expand(nq, -1)
+                ids, _ = rank(qc, n_eff)
+                good = torch.cumsum(_gather_relevance(prep, qlc, ids), 1, dtype=torch.int64)[:, _pr_ranks(n_eff) - 1]
+                got = torch.as_tensor(_pr_ranks(n_eff), device=dev).to(F64).expand(nq, -1)
             per["pr_p"].append(torch.where(got > 0, good / got.clamp_min(1), 0.0))
             per["pr_n"].append(got > 0)
             per["pr_r"].append(torch.where(R[:, None] > 0, good / R.clamp_min(1)[:, None], 0.0))
@@ -218,35 +240,40 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
     cat = {k: torch.cat(v) for k, v in per.items() if v}
     res: dict = {}
     no_hit = {}
+    # the no-hit policy "excluded": queries without any relevant item leave every average
+    keep = (R_all > 0) if exclude_no_hit else None
     for j, (name, _) in enumerate(cutoffs):
         hit_any = cat["hits"][:, j] > 0
         no_hit[name] = int((~hit_any).sum())
         res[f"mAP@{name}"] = _mean(cat["ap"][:, j], hit_any if exclude_no_hit else None)
-        res[f"P@{name}"] = _mean(cat["p"][:, j])
-        res[f"R@{name}"] = _mean(cat["r"][:, j], (R_all > 0) if exclude_no_hit else None)
+        res[f"P@{name}"] = _mean(cat["p"][:, j], keep)
+        res[f"R@{name}"] = _mean(cat["r"][:, j], keep)
     if map_at_r:
-        keep = (R_all > 0) if exclude_no_hit else None
         res["MAP@R"] = _mean(cat["mapr"], keep)
         res["R-precision"] = _mean(cat["rprec"], keep)
     if "hr_prec" in cat:
         rad = min(int(hamming_radius), prep.dim)
-        res[f"P@H<={rad}"] = _mean(cat["hr_prec"])
+        res[f"P@H<={rad}"] = _mean(cat["hr_prec"], keep)
         res[f"H<={rad}-empty-queries"] = int((cat["hr_n"] == 0).sum())
     if pr_curve:
-        valid = cat["pr_n"].to(F64)
-        prec = (cat["pr_p"] * valid).sum(0) / valid.sum(0).clamp_min(1)
-        rec = cat["pr_r"].mean(0)
-        xs = list(range(prep.dim + 1)) if prep.binary else _pr_ranks(n_db).tolist()
+        rows = slice(None) if keep is None else keep
+        valid = cat["pr_n"][rows].to(F64)
+        prec = (cat["pr_p"][rows] * valid).sum(0) / valid.sum(0).clamp_min(1)
+        rec = cat["pr_r"][rows].sum(0) / max(1, cat["pr_r"][rows].shape[0])
+        xs = list(range(prep.dim + 1)) if prep.binary else _pr_ranks(n_eff).tolist()
         res["pr_curve"] = {"x": "hamming_radius" if prep.binary else "rank", "at": xs,
                            "precision": prec.tolist(), "recall": rec.tolist()}
     if knn_k is not None:
         from hashbench.platform.evaluation.embedding import balanced_accuracy_from_ranking
 
-        ids = torch.cat([eng.ranking(prep.query[s:s + chunk], min(int(knn_k), n_db))[0]
-                         for s in range(0, n_q, chunk)])
-        res["kNN-balanced-accuracy"] = balanced_accuracy_from_ranking(ids, prep.query_labels, prep.db_labels)
+        ids = torch.cat([_ranker(eng, torch.arange(s, min(s + chunk, n_q), device=dev) if exclude_self else None)(
+            prep.query[s:s + chunk], min(int(knn_k), n_eff))[0] for s in range(0, n_q, chunk)])
+        rows = slice(None) if keep is None else keep
+        res["kNN-balanced-accuracy"] = (balanced_accuracy_from_ranking(ids[rows], prep.query_labels[rows],
+                                                                      prep.db_labels)
+                                        if ids[rows].shape[0] else 0.0)
     if eng_name in APPROXIMATE:
-        res["recall_vs_exact"] = _recall_vs_exact(prep, eng, int(kvec.min()), chunk)
+        res["recall_vs_exact"] = _recall_vs_exact(prep, eng, int(kvec.min()), chunk, exclude_self)
     res["protocol"] = {
         "convention": convention, "ties": ties,
         "no_hit": "excluded" if exclude_no_hit else "count-as-zero",
@@ -254,9 +281,58 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
         "k_effective": {name: k for name, k in cutoffs}, "engine": eng_name, "device": str(dev),
         "n_queries": n_q, "n_db": n_db, ("bits" if prep.binary else "dim"): prep.dim,
         "multi_label": prep.multi_label, "queries_without_relevant": int((R_all == 0).sum()),
-        "hamming_radius": hamming_radius if prep.binary else None,
+        "hamming_radius": hamming_radius if prep.binary else None, "same_set": exclude_self,
     }
     return res
+
+
+def _check_same_set(prep: Prepared) -> None:
+    """Same-set retrieval needs the queries to be the database, row for row."""
+    if prep.query.shape != prep.db.shape:
+        raise HashbenchError(f"exclude_self: same-set retrieval needs the queries to be the database, got "
+                             f"{prep.query.shape[0]} queries and {prep.db.shape[0]} database items")
+    if prep.db.shape[0] < 2:
+        raise HashbenchError("exclude_self: same-set retrieval needs at least 2 items (one query, one other item)")
+    if not torch.equal(prep.query, prep.db):
+        row = int((prep.query != prep.db).any(1).nonzero()[0, 0])
+        raise HashbenchError(f"exclude_self: query_codes and db_codes differ (first at row {row}); same-set "
+                             f"retrieval needs query i to be database item i")
+    if not torch.equal(prep.query_labels, prep.db_labels):
+        diff = prep.query_labels != prep.db_labels
+        row = int((diff if diff.dim() == 1 else diff.any(1)).nonzero()[0, 0])
+        raise HashbenchError(f"exclude_self: query_labels and db_labels differ (first at row {row}); same-set "
+                             f"retrieval needs query i to be database item i")
+
+
+def drop_self(own: torch.Tensor, ids: torch.Tensor, *others: torch.Tensor):
+    """Remove each row's own item from a ranking of K + 1 items: ``ids`` (q, K+1) -> (q, K), and the same
+    positions of ``others``. A row whose own item is not among its K + 1 (more than K items tie before
+    it) loses its last item instead: either way the result is the top K of the ranking without it."""
+    mine = ids == own[:, None]
+    mine[:, -1] |= ~mine.any(1)
+    keep = ~mine
+    q, k1 = ids.shape
+    return tuple(t[keep].view(q, k1 - 1) for t in (ids,) + others)
+
+
+def remove_self_from_histograms(n: torch.Tensor, r: torch.Tensor, self_rel: torch.Tensor):
+    """Per-distance counts without each query's own item, which sits at Hamming distance 0 (same-set
+    codes are equal); ``self_rel`` (q,) float64: whether it was relevant."""
+    n, r = n.clone(), r.clone()
+    n[:, 0] -= 1
+    r[:, 0] -= self_rel
+    return n, r
+
+
+def _ranker(eng, own: torch.Tensor | None):
+    """``eng.ranking``, or (same-set) a ranking one item deeper with each query's own item removed."""
+    if own is None:
+        return eng.ranking
+
+    def rank(q, k, with_dist=True):
+        ids, dist = eng.ranking(q, k + 1)
+        return drop_self(own, ids) + (None,) if dist is None else drop_self(own, ids, dist)
+    return rank
 
 
 def _pr_ranks(n_db: int) -> np.ndarray:
@@ -302,7 +378,7 @@ def _gather_relevance(prep: Prepared, qlc: torch.Tensor, ids: torch.Tensor) -> t
     return (prep.db_labels[ids] & qlc[:, None, :]).any(2)
 
 
-def _recall_vs_exact(prep: Prepared, eng, k: int, chunk: int) -> dict:
+def _recall_vs_exact(prep: Prepared, eng, k: int, chunk: int, exclude_self: bool = False) -> dict:
     """Recall@k of an approximate index: share of the exact top-k (index ties) it returns."""
     from hashbench.platform.evaluation.engines import TorchEngine
 
@@ -310,7 +386,8 @@ def _recall_vs_exact(prep: Prepared, eng, k: int, chunk: int) -> dict:
     found = 0
     for s in range(0, prep.query.shape[0], chunk):
         qc = prep.query[s:s + chunk]
-        a, _ = eng.ranking(qc, k)
-        e, _ = exact.ranking(qc, k)
+        own = torch.arange(s, s + qc.shape[0], device=qc.device) if exclude_self else None
+        a, _ = _ranker(eng, own)(qc, k)
+        e, _ = _ranker(exact, own)(qc, k)
         found += int((a.unsqueeze(2) == e.unsqueeze(1)).any(2).sum())
     return {"k": k, "recall": found / (prep.query.shape[0] * k)}

@@ -17,7 +17,8 @@ Per query, pass 1 writes ``2 * distance + relevant`` of every item into a buffer
   in index order with a counter per level, so the item at level ``b`` has rank ``off[b] + seen[b]``
   (0-based) and, if relevant, relevant-rank ``roff[b] + rseen[b] + 1``; it adds
   ``relevant-rank / (rank + 1)`` to ``S`` of every cut-off it falls before. Levels that start at or
-  after the largest cut-off are skipped.
+  after the largest cut-off are skipped. For same-set retrieval (``self_start``) the query's own item
+  is taken out of its level counts after pass 1 and skipped in pass 2.
 * :meth:`PackedDatabase.histograms` - the level counts alone (the tie-aware policy, ``P@H<=r`` and
   the Hamming PR curve need nothing else).
 
@@ -117,7 +118,7 @@ def _count_levels(buf, i, n_out, r_out):
 
 
 @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _ranked_sums(qw, ql, db_t, dl_t, multi, cutoffs, bits, buf_proto):
+def _ranked_sums(qw, ql, db_t, dl_t, multi, cutoffs, bits, buf_proto, self_start):
     nq, n, m = qw.shape[0], db_t.shape[1], cutoffs.shape[1]
     width = bits + 1
     hits = np.zeros((nq, m), dtype=np.float64)
@@ -129,6 +130,11 @@ def _ranked_sums(qw, ql, db_t, dl_t, multi, cutoffs, bits, buf_proto):
         scratch = np.empty(n if multi else 0, dtype=np.bool_)
         _level_codes(qw, ql, i, db_t, dl_t, multi, buf, scratch)
         _count_levels(buf, i, n_out, r_out)
+        skip = self_start + i if self_start >= 0 else -1    # same-set: the query's own item
+        if skip >= 0:
+            v = np.int64(buf[skip])
+            n_out[i, v >> 1] -= 1
+            r_out[i, v >> 1] -= v & 1
         kmax = 0
         for c in range(m):
             kmax = max(kmax, cutoffs[i, c])
@@ -147,7 +153,7 @@ def _ranked_sums(qw, ql, db_t, dl_t, multi, cutoffs, bits, buf_proto):
         seen = np.zeros(2 * width, dtype=np.int64)          # seen[2b], seen[2b+1]: seen[b] - rseen[b], rseen[b]
         for j in range(n):
             v = np.int64(buf[j])
-            if v > vmax:
+            if v > vmax or j == skip:
                 continue
             s = seen[v]
             seen[v] = s + 1
@@ -204,24 +210,28 @@ class PackedDatabase:
             ql = _class_ids(q_labels, self.classes)
         return np.ascontiguousarray(pack_codes(q01)), np.ascontiguousarray(ql)
 
-    def ranked_sums(self, q01: np.ndarray, q_labels: np.ndarray, cutoffs: np.ndarray):
+    def ranked_sums(self, q01: np.ndarray, q_labels: np.ndarray, cutoffs: np.ndarray, self_start: int = -1):
         """Exact sums for the ranking by (Hamming distance, database index).
 
         cutoffs: (q, m) per-query cut-offs in ``[0, N]``. Returns ``hits, S`` (q, m) float64 -
         what :func:`hashbench.platform.evaluation.metrics.ranked_sums` gives for that ranking - and
         the histograms ``n, r`` (q, bits+1) int64 of :meth:`histograms`, which come for free.
+        ``self_start >= 0`` (same-set retrieval): query ``i`` is database item ``self_start + i``, which
+        is left out of its ranking and histograms.
         """
         qw, ql = self._queries(q01, q_labels)
         cutoffs = np.array(cutoffs, dtype=np.int64, order="C")      # a writable copy: one signature
         if cutoffs.ndim != 2 or cutoffs.shape[0] != qw.shape[0]:
             raise HashbenchError(f"cutoffs: expected shape ({qw.shape[0]}, m), got {cutoffs.shape}")
-        return _ranked_sums(qw, ql, self.db_t, self.dl_t, self.multi, cutoffs, self.bits, self.buf_proto)
+        return _ranked_sums(qw, ql, self.db_t, self.dl_t, self.multi, cutoffs, self.bits, self.buf_proto,
+                            np.int64(self_start))
 
     def histograms(self, q01: np.ndarray, q_labels: np.ndarray):
         """(q, bits+1) int64 counts of all / relevant database items at each Hamming distance."""
         qw, ql = self._queries(q01, q_labels)
         none = np.zeros((qw.shape[0], 0), dtype=np.int64)          # no cut-off: the first pass only
-        return _ranked_sums(qw, ql, self.db_t, self.dl_t, self.multi, none, self.bits, self.buf_proto)[2:]
+        return _ranked_sums(qw, ql, self.db_t, self.dl_t, self.multi, none, self.bits, self.buf_proto,
+                            np.int64(-1))[2:]
 
 
 def warm_up() -> None:

@@ -8,12 +8,14 @@ An engine is built once per evaluation from the database and answers, for a chun
   (what every tie-aware metric needs);
 * ``distances(q)`` -> (nq, N) distances to the whole database.
 
-torch: Hamming through a +-1 matrix product (float16 on CUDA, exact for up to 2048 bits; float32
-on CPU); top-k rankings and ``truncated_histograms`` (tie-aware cut-offs) by locating the k-th
-distance level with a few counting passes, no sort of the whole row (:mod:`level_select`); full
-rankings by ``sort`` on the unique key ``dist * N + index``.
-faiss: ``IndexBinaryFlat`` (counting search) / ``IndexFlatL2`` / ``IndexFlatIP`` (faiss-gpu for
-float codes when installed and the device is CUDA); long Hamming rankings and histograms come from
+torch: float codes by :func:`float_ranking` (exact (float64 distance, index) order); Hamming through
+a +-1 matrix product (float16 on CUDA, exact for up to 2048 bits; float32 on CPU); top-k rankings and
+``truncated_histograms`` (tie-aware cut-offs) by locating the k-th distance level with a few counting
+passes, no sort of the whole row (:mod:`level_select`); full rankings by ``sort`` on the unique key
+``dist * N + index``.
+faiss: ``IndexBinaryFlat`` (counting search) for Hamming codes; HNSW / IVF indexes (approximate); exact
+float rankings by :func:`float_ranking` on the CPU, like the torch engine (faiss's float32 ``IndexFlat``
+reorders near-ties, see docs/metrics.md "Exact float order"); long Hamming rankings and histograms come from
 numpy kernels (XOR + popcount, stable radix ``argsort``, ``bincount``) in the same order. For exact
 Hamming evaluation on the CPU, ``ranked_sums`` and ``label_histograms`` run the numba kernels of
 :mod:`hashbench.platform.evaluation.cpu_kernels` (no sort, no (queries, N) temporary) when
@@ -80,6 +82,7 @@ class TorchEngine:
         else:
             self.db = prep.db
             self.db_sq = (prep.db * prep.db).sum(1)
+            self.db_norm = float(prep.db.to(torch.float64).norm(dim=1).max())
         key_max = (max(getattr(self, "bits", 0), 1) + 1) * self.n
         self.key_dtype = torch.int32 if key_max < 2 ** 31 else torch.int64
         self.arange = torch.arange(self.n, device=self.device, dtype=self.key_dtype)
@@ -111,12 +114,11 @@ class TorchEngine:
         if self.distance == "hamming" and k < self.n:
             ids, dist = level_ranking(self._products(q), self.bits, k)
             return ids, dist.to(torch.int32)
-        d = self.distances(q)
-        if self.distance == "hamming":   # the whole database: one sort on the unique key
-            key, ids = torch.sort(d.to(self.key_dtype) * self.n + self.arange, dim=1)
-            return ids, (key // self.n).to(torch.int32)
-        vals, ids = torch.sort(d, dim=1, stable=True)
-        return ids[:, :k], vals[:, :k]
+        if self.distance != "hamming":   # exact order: float32 candidates, near-ties re-ranked in float64
+            return float_ranking(q, self.db, k, self.distance, db_norm_max=self.db_norm)
+        d = self.distances(q)            # the whole database: one sort on the unique key
+        key, ids = torch.sort(d.to(self.key_dtype) * self.n + self.arange, dim=1)
+        return ids, (key // self.n).to(torch.int32)
 
 
 def _boundary_counts_single(dot, thr, q_labels, db_labels):
@@ -170,7 +172,7 @@ class FaissEngine:
         self.device = prep.db.device
         self.approximate = kind in APPROXIMATE
         db = prep.db.cpu().numpy()
-        self._db01, self._db_labels, self._packed = db, prep.db_labels, None
+        self._db01, self._db_labels, self._packed, self._db_t = db, prep.db_labels, None, None
         if prep.binary:
             self.bits = prep.dim
             self.db_packed = np.packbits(db, axis=1)
@@ -199,15 +201,16 @@ class FaissEngine:
                 index = faiss.IndexIVFFlat(quantizer, dim, nl, metric)
                 index.train(db)
                 index.nprobe = nprobe
-            else:
-                index = faiss.IndexFlat(dim, metric)
-                if self.device.type == "cuda" and hasattr(faiss, "StandardGpuResources"):
-                    self._res = faiss.StandardGpuResources()
-                    index = faiss.index_cpu_to_gpu(self._res, self.device.index or 0, index)
-            index.add(db)
+            else:                       # exact float search: float_ranking (float64), no faiss index
+                index = None
+            if index is not None:
+                index.add(db)
         self.index = index
 
     def ranking(self, q: torch.Tensor, k: int, with_dist: bool = True):
+        if self.distance != "hamming" and not self.approximate:
+            ids, dist = self._float_ranking(q, k)
+            return ids.to(self.device), dist.to(self.device)
         qn = q.cpu().numpy()
         if self.distance == "hamming" and not self.approximate and k * 8 >= self.n:
             # long rankings: a stable radix argsort of the popcount distances beats faiss's counting
@@ -223,6 +226,15 @@ class FaissEngine:
             dist = 1 - dist
         ids_t = torch.from_numpy(ids).to(self.device)
         return ids_t, torch.from_numpy(dist).to(self.device)
+
+    def _float_ranking(self, q: torch.Tensor, k: int):
+        """Exact float top-k: :func:`float_ranking` (float64 distances on the CPU), the same function
+        and order as the torch engine. faiss's ``IndexFlat`` ranks by float32 distances whose rounding
+        reorders near-ties, so it serves only the approximate indexes."""
+        if self._db_t is None:
+            self._db_t = torch.from_numpy(self._db01)
+            self._db_norm = float(self._db_t.to(F64).norm(dim=1).max())
+        return float_ranking(q.cpu(), self._db_t, k, self.distance, db_norm_max=self._db_norm)
 
     def _distances_np(self, q01: np.ndarray) -> np.ndarray:
         """(q, N) Hamming distances by XOR + popcount (uint8 up to 255 bits, else uint16)."""
@@ -269,12 +281,13 @@ class FaissEngine:
             self._packed = cpu_kernels().PackedDatabase(self._db01, self._db_labels.cpu().numpy())
         return self._packed
 
-    def ranked_sums(self, q: torch.Tensor, q_labels: torch.Tensor, cutoffs: torch.Tensor):
+    def ranked_sums(self, q: torch.Tensor, q_labels: torch.Tensor, cutoffs: torch.Tensor, self_start: int = -1):
         """numba: ``hits, S, ap_hits`` (q, m) float64 of the ranking by (distance, index) at per-query
         ``cutoffs`` (q, m) - what ``metrics.ranked_sums`` gives for ``ranking(q, N)`` - and the
-        histograms ``n, r`` (q, bits+1) of :meth:`label_histograms`, which come for free."""
+        histograms ``n, r`` (q, bits+1) of :meth:`label_histograms`, which come for free.
+        ``self_start >= 0``: same-set, query i is item ``self_start + i`` and is left out."""
         hits, s, n, r = self._kernel_db().ranked_sums(q.cpu().numpy(), q_labels.cpu().numpy(),
-                                                       cutoffs.cpu().numpy())
+                                                       cutoffs.cpu().numpy(), self_start)
         ap = np.divide(s, hits, out=np.zeros_like(s), where=hits > 0)
         return tuple(torch.from_numpy(x).to(self.device, torch.float64) for x in (hits, s, ap, n, r))
 
@@ -292,6 +305,137 @@ def hamming_histograms(d: torch.Tensor, rel: torch.Tensor, bits: int):
     key = (key + torch.arange(q, device=d.device, dtype=key.dtype)[:, None] * (2 * width)) + rel * width
     c = torch.bincount(key.reshape(-1), minlength=q * width * 2).view(q, 2, width).to(torch.float64)
     return c.sum(1), c[:, 1]
+
+
+# ------------------------------------------------------------------ exact order of float distances
+#: unit roundoff of float32 and float64
+U32, U64 = 2.0 ** -24, 2.0 ** -53
+#: elements of the (pairs, dim) float64 temporaries of :func:`exact_pair_distances`
+PAIR_BUDGET = 2 ** 24
+F64 = torch.float64
+
+
+def matmul_input_unit(device: torch.device) -> float:
+    """Relative rounding of the inputs of a float32 matrix product on ``device``: 0 (true float32),
+    2^-11 (TF32, or ``float32_matmul_precision('high')``) or 2^-8 (bf16, ``'medium'``)."""
+    if device.type != "cuda":
+        return 0.0
+    precision = torch.get_float32_matmul_precision()
+    if precision == "medium":
+        return 2.0 ** -8
+    if precision == "high" or torch.backends.cuda.matmul.allow_tf32:
+        return 2.0 ** -11
+    return 0.0
+
+
+def float_tolerance(q: torch.Tensor, db_norm_max: float, unit: float = U32, unit_in: float = 0.0) -> torch.Tensor:
+    """(nq, 1) float64 bound on ``|approximate - exact|`` for every database item, where the
+    approximate distance was computed in floating point with unit roundoff ``unit`` (matrix-product
+    inputs rounded with ``unit_in``) as ``||q||^2 + ||d||^2 - 2 q.d`` or a direct sum of squared
+    differences (L2), or ``1 - q.d`` (cosine, unit vectors).
+
+    Each of these has error at most ``gamma (||q|| + ||d||)^2`` with ``gamma = n u / (1 - n u) + 2 u_in``
+    for sums of ``n = dim + 4`` rounded terms (the textbook bound of a floating-point dot product in any
+    summation order, plus the norms and the final additions); the bound below doubles it.
+    """
+    n = q.shape[1] + 4
+    gamma = n * unit / (1 - n * unit) + 2 * unit_in
+    qn = q.to(F64).norm(dim=1, keepdim=True)
+    return 2 * gamma * (qn + float(db_norm_max)) ** 2
+
+
+def exact_pair_distances(q: torch.Tensor, db: torch.Tensor, rows: torch.Tensor, items: torch.Tensor,
+                         distance: str) -> torch.Tensor:
+    """float64 distances of the pairs (query ``rows[p]``, database item ``items[p]``), computed per pair
+    from the float32 codes: ``sum((q - d)^2)`` (l2) or ``1 - sum(q d)`` (cosine). Each pair is reduced
+    on its own, so a pair's value depends only on its two vectors (duplicates tie exactly); these values
+    define the exact float order, (distance, database index)."""
+    out = torch.empty(rows.shape[0], dtype=F64, device=rows.device)
+    step = max(1, PAIR_BUDGET // max(1, q.shape[1]))
+    for s in range(0, rows.shape[0], step):
+        qv = q[rows[s:s + step]].to(F64)
+        dv = db[items[s:s + step]].to(F64)
+        out[s:s + step] = ((qv - dv) ** 2).sum(1) if distance == "l2" else 1 - (qv * dv).sum(1)
+    return out
+
+
+def resolve_near_ties(q: torch.Tensor, db: torch.Tensor, ids: torch.Tensor, d: torch.Tensor,
+                      tol: torch.Tensor, distance: str):
+    """Put candidates sorted by approximate distances into the exact order (float64 distance, index).
+
+    ``ids, d`` (nq, C): candidates in ascending ``d`` (any order among equal values); ``tol`` (nq, 1):
+    a bound on ``|d - exact|`` (:func:`float_tolerance`). Two neighbours more than ``2 tol`` apart are
+    already in exact order, so only *runs* of neighbours closer than that are re-ranked: their members
+    get :func:`exact_pair_distances` and each run is sorted in place by (exact distance, index).
+    Returns ``ids`` and float64 distances (exact for run members, ``d`` elsewhere: an item outside a
+    run equals no other item's distance). Reusable by any search that produces approximate sorted
+    candidates containing the exact top-k (see :func:`float_ranking`).
+    """
+    d = d.to(F64)
+    if ids.shape[1] < 2:
+        return ids, d
+    close = (d[:, 1:] - d[:, :-1]) <= 2 * tol
+    if not bool(close.any()):
+        return ids, d
+    member = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+    member[:, 1:] |= close
+    member[:, :-1] |= close
+    new = torch.ones(ids.shape, dtype=torch.int64, device=ids.device)
+    new[:, 1:] = (~close).to(torch.int64)
+    run = torch.cumsum(new, 1)
+    rows, cols = member.nonzero(as_tuple=True)                  # row-major: runs in ranking order
+    item = ids[rows, cols]
+    exact = exact_pair_distances(q, db, rows, item, distance)
+    key = rows * (ids.shape[1] + 1) + run[rows, cols]           # one key per run, increasing along rows
+    order = torch.sort(item, stable=True).indices
+    order = order[torch.sort(exact[order], stable=True).indices]
+    order = order[torch.sort(key[order], stable=True).indices]  # (run, exact distance, index)
+    ids, d = ids.clone(), d.clone()
+    ids[rows, cols] = item[order]
+    d[rows, cols] = exact[order]
+    return ids, d
+
+
+def float_distances64(q: torch.Tensor, db: torch.Tensor, distance: str) -> torch.Tensor:
+    """(nq, N) float64 distances from one float64 matrix product: ``||q||^2 + ||d||^2 - 2 q.d`` (l2) or
+    ``1 - q.d`` (cosine); within :func:`float_tolerance` with ``U64`` of the exact values."""
+    q64, db64 = q.to(F64), db.to(F64)
+    dot = q64 @ db64.T
+    if distance == "cosine":
+        return 1 - dot
+    return (q64 * q64).sum(1, keepdim=True) + (db64 * db64).sum(1) - 2 * dot
+
+
+def float_ranking(q: torch.Tensor, db: torch.Tensor, k: int, distance: str, d: torch.Tensor | None = None,
+                  unit: float = U64, db_norm_max: float | None = None):
+    """The exact top-``k`` (``k = N``: the whole ranking) of float codes in the order (float64 distance,
+    database index): ``(ids, dist)``, dist float64.
+
+    ``d`` (nq, N): approximate distances with unit roundoff ``unit`` (default: :func:`float_distances64`
+    computes them). Candidates: every item within ``2 tol`` of the k-th approximate distance (they contain
+    the exact top-k, since ``|d - exact| <= tol``) from one ``topk``, or the whole sorted row for ``k = N``;
+    then :func:`resolve_near_ties` re-ranks the runs of near-equal neighbours by the per-pair float64
+    distances. With float64 ``d`` the runs are, in practice, only exact duplicates; with float32 ``d``
+    (pass ``unit=U32``, e.g. from a fast float32 search) most of the band is re-ranked. Both engines call
+    this, so they return identical ids, independent of BLAS summation order or faiss's float32 ranking.
+    """
+    n = db.shape[0]
+    if db_norm_max is None:
+        db_norm_max = float(db.to(F64).norm(dim=1).max())
+    if d is None:
+        d = float_distances64(q, db, distance)
+    unit_in = matmul_input_unit(d.device) if d.dtype == torch.float32 else 0.0
+    tol = float_tolerance(q, db_norm_max, unit, unit_in)
+    if k >= n:
+        vals, ids = torch.sort(d, dim=1, stable=True)
+    else:
+        t = d.kthvalue(k, dim=1, keepdim=True).values.to(F64)
+        thr = (t + 2 * tol).to(d.dtype)
+        thr = torch.nextafter(thr, torch.full_like(thr, float("inf")))      # round the threshold up
+        c = int((d <= thr).sum(1).max())
+        vals, ids = torch.topk(d, c, dim=1, largest=False, sorted=True)
+    ids, vals = resolve_near_ties(q, db, ids, vals, tol, distance)
+    return ids[:, :k], vals[:, :k]
 
 
 def build_engine(name: str, prep: Prepared):

@@ -152,8 +152,9 @@ def prepare(query_codes, db_codes, query_labels, db_labels, *, distance: str, bi
 
 
 def parse_ks(ks, n_db: int) -> list[tuple[str, int]]:
-    """``(10, 100, "all")`` -> ``[("10", 10), ("100", 100), ("all", n_db)]``; cut-offs above the
-    database size are clipped to it (the key keeps the requested value)."""
+    """``(10, 100, "all", "N-1")`` -> ``[("10", 10), ("100", 100), ("all", n_db), ("N-1", n_db - 1)]``;
+    cut-offs above the database size are clipped to it (the key keeps the requested value). ``"N-m"``
+    counts from the end of the ranking (DeepHash-pytorch's ``topK=-1`` is ``N-1``)."""
     if isinstance(ks, (str, int)):
         ks = [ks]
     out: list[tuple[str, int]] = []
@@ -161,15 +162,21 @@ def parse_ks(ks, n_db: int) -> list[tuple[str, int]]:
         if isinstance(k, str) and k.strip().lower() == "all":
             out.append(("all", n_db))
             continue
+        if isinstance(k, str) and k.strip()[:1] in "nN" and k.strip()[1:].lstrip().startswith("-"):
+            m = k.strip()[1:].strip()[1:].strip()
+            if not m.isdigit() or not 0 <= int(m) < n_db:
+                raise HashbenchError(f"ks: {k!r}: 'N-m' needs an integer 0 <= m < N = {n_db} (the database size)")
+            out.append((f"N-{int(m)}", n_db - int(m)))
+            continue
         try:
             kv = int(k)
             if isinstance(k, float) and k != kv:
                 raise ValueError
         except (TypeError, ValueError):
-            raise HashbenchError(f"ks: {k!r} is not a positive integer or 'all'") from None
+            raise HashbenchError(f"ks: {k!r} is not a positive integer, 'all' or 'N-m'") from None
         if kv <= 0:
             raise HashbenchError(f"ks: k must be >= 1 or 'all', got {kv}")
         out.append((str(kv), min(kv, n_db)))
     if not out:
-        raise HashbenchError("ks: give at least one cut-off (a positive integer or 'all')")
+        raise HashbenchError("ks: give at least one cut-off (a positive integer, 'all' or 'N-m')")
     return out

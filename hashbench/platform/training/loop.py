@@ -162,7 +162,10 @@ def evaluate_readout(q_codes, db_codes, q_labels, db_labels, method, readout, cf
     binary = readout.code_type == "binary"
     radii = ev["hamming_radii"] if binary else [None]
     knn_k = ev["knn_k"] if not multi_label else None
-    common = dict(distance=readout.distance, ties=ev["ties"], convention=ev["convention"])
+    same = bool(ev.get("same_set", False))
+    if same:  # leave-one-out among the test queries (docs/metrics.md "Same-set retrieval")
+        db_codes, db_labels = q_codes, q_labels
+    common = dict(distance=readout.distance, ties=ev["ties"], convention=ev["convention"], exclude_self=same)
     res = _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_label,
                     hamming_radius=radii[0], pr_curve=pr_curve, knn_k=knn_k, **common)
     metrics = _number_metrics(res, "test_")
