@@ -30,42 +30,76 @@ def _emb(n, d=6, seed=0, normalize=True):
 def test_constellation_hand_value():
     f = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     # anchor 0, positive 1 (f_aᵀf_p = 1), negatives 2 (0) and 3 (1): log(1 + e^{-1} + e^{0})
-    loss = constellation_loss(f, torch.tensor([0]), torch.tensor([1]), torch.tensor([[2, 3]]))
+    valid = torch.zeros(4, 4, dtype=torch.bool)
+    valid[0, 1] = True
+    negatives = torch.zeros(4, 4, 2, dtype=torch.long)
+    negatives[0, 1] = torch.tensor([2, 3])
+    loss = constellation_loss(f, valid, negatives)
     assert loss.item() == pytest.approx(math.log(2 + math.exp(-1)))
 
 
 def test_constellation_matches_a_loop_over_eq4():
     f = _emb(12, seed=1)
     targets = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
-    a, p, n = sample_constellations(targets, 3, torch.Generator().manual_seed(0))
-    ref = 0.0
-    for i in range(len(a)):
-        s = sum(math.exp(float(f[a[i]] @ f[n[i, j]] - f[a[i]] @ f[p[i]])) for j in range(3))
-        ref += math.log(1 + s)
-    assert constellation_loss(f, a, p, n).item() == pytest.approx(ref / len(a))
+    valid, n = sample_constellations(targets, 3, 4, torch.Generator().manual_seed(0))
+    ref, count = 0.0, 0
+    for a in range(12):
+        for p in range(12):
+            if a != p and targets[a] == targets[p]:
+                s = sum(math.exp(float(f[a] @ f[n[a, p, j]] - f[a] @ f[p])) for j in range(3))
+                ref += math.log(1 + s)
+                count += 1
+    assert count == 4 * 6
+    assert constellation_loss(f, valid, n).item() == pytest.approx(ref / count)
+
+
+def test_constellation_value_equals_the_previous_sampler_on_a_fixed_batch():
+    """Class 0 has three members, classes 1-3 one each, K = 3: every pair's negatives are the three
+    singletons, so the draw is fixed. 1.404095168966871 is what the previous implementation (index lists
+    from nonzero/unique, commit c235c77) gave on this batch; a loop over eq. (4) gives it too."""
+    g = torch.Generator().manual_seed(5)
+    f = F.normalize(torch.rand(6, 5, generator=g, dtype=torch.float64), dim=1)
+    targets = torch.tensor([0, 0, 1, 2, 3, 0])
+    members = [0, 1, 5]
+    ref = [math.log(1 + sum(math.exp(float(f[a] @ f[x] - f[a] @ f[p])) for x in (2, 3, 4)))
+           for a in members for p in members if a != p]
+    assert sum(ref) / 6 == pytest.approx(1.404095168966871, abs=1e-12)
+    for seed in range(3):
+        valid, n = sample_constellations(targets, 3, 4, torch.Generator().manual_seed(seed))
+        assert constellation_loss(f, valid, n).item() == pytest.approx(1.404095168966871, abs=1e-12)
 
 
 def test_constellation_sampling_uses_k_distinct_other_classes():
     targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0])
     for seed in range(5):
-        a, p, n = sample_constellations(targets, 3, torch.Generator().manual_seed(seed))
+        valid, n = sample_constellations(targets, 3, 6, torch.Generator().manual_seed(seed))
         # every ordered anchor-positive pair once: class 0 has 3 samples (6 pairs), the others 2 each
-        assert len(a) == 6 + 4 * 2
-        assert set(zip(a.tolist(), p.tolist())) == {(i, j) for i in range(11) for j in range(11)
-                                                     if i != j and targets[i] == targets[j]}
-        assert bool((targets[a] == targets[p]).all())
-        for i in range(len(a)):
-            neg_classes = targets[n[i]].tolist()
-            assert len(set(neg_classes)) == 3 and int(targets[a[i]]) not in neg_classes
+        assert int(valid.sum()) == 6 + 4 * 2
+        assert {(int(a), int(p)) for a, p in valid.nonzero()} == {(i, j) for i in range(11) for j in range(11)
+                                                                  if i != j and targets[i] == targets[j]}
+        for a, p in valid.nonzero().tolist():
+            neg_classes = targets[n[a, p]].tolist()
+            assert len(set(neg_classes)) == 3 and int(targets[a]) not in neg_classes
+
+
+def test_constellation_sampling_draws_each_class_member_and_class():
+    """Over many draws every other class and every member of it appears as a negative (uniform draws)."""
+    targets = torch.tensor([0, 0, 1, 1, 1, 2, 3])
+    seen = set()
+    for seed in range(30):
+        _, n = sample_constellations(targets, 2, 4, torch.Generator().manual_seed(seed))
+        seen |= set(n[0, 1].tolist())
+    assert seen == {2, 3, 4, 5, 6}
 
 
 def test_constellation_sampling_cycles_when_fewer_classes_than_k():
     targets = torch.tensor([0, 0, 0, 1, 1, 1])
-    a, p, n = sample_constellations(targets, 4, torch.Generator().manual_seed(0))
-    assert n.shape == (12, 4)
-    assert bool((targets[n] != targets[a][:, None]).all())
-    one = sample_constellations(torch.tensor([2, 2, 2]), 3)
-    assert one[0].numel() == 0 and one[2].shape == (0, 3)
+    valid, n = sample_constellations(targets, 4, 2, torch.Generator().manual_seed(0))
+    assert int(valid.sum()) == 12 and n.shape == (6, 6, 4)
+    for a, p in valid.nonzero().tolist():
+        assert bool((targets[n[a, p]] != targets[a]).all())
+    one, _ = sample_constellations(torch.tensor([2, 2, 2]), 3, 3)
+    assert not one.any()
 
 
 def _ctx(classes):

@@ -27,62 +27,64 @@ PAPER = "../shared/papers/004_d579a509b5c5f3b2.txt"
 
 # ---------------------------------------------------------------- constellation (eq. 4)
 
-def sample_constellations(targets: torch.Tensor, k: int, generator=None):
-    """One random constellation per ordered anchor-positive pair of the batch.
+def sample_constellations(targets: torch.Tensor, k: int, num_classes: int, generator=None):
+    """One random constellation per ordered anchor-positive pair of the batch, as fixed-shape tensors.
 
-    Returns ``(anchor, positive, negatives)`` index tensors, shapes ``(P,)``, ``(P,)``,
-    ``(P, k)``. The ``k`` negatives of a pair come from ``k`` different classes drawn
-    at random among the classes of the batch other than the anchor's (cycling
-    through them again when the batch has fewer than ``k`` other classes), one
-    random sample of each; empty tensors when the batch has no pair or one class.
+    Returns ``(valid, negatives)``: ``valid`` (B, B) bool marks the ordered pairs (a, p), a ≠ p, of one
+    class (and is all False when the batch holds a single class); ``negatives`` (B, B, k) are the
+    negatives of pair (a, p): ``k`` different classes drawn at random among the classes of the batch
+    other than the anchor's (cycling through them again when the batch has fewer than ``k`` other
+    classes), one random sample of each. Every pair gets its own draw. No host synchronisation and
+    no data-dependent shape (the step can be one CUDA graph): classes are counted with ``one_hot`` over
+    the dataset's ``num_classes``, members are picked by index arithmetic on the class-sorted batch.
     """
     dev = targets.device
     b = targets.numel()
-    same = targets[:, None] == targets[None, :]
-    same.fill_diagonal_(False)
-    anchor, positive = same.nonzero(as_tuple=True)
-    classes, cls = torch.unique(targets, return_inverse=True)
-    n_other = classes.numel() - 1
-    if anchor.numel() == 0 or n_other < 1:
-        empty = torch.zeros(0, dtype=torch.long, device=dev)
-        return empty, empty, empty.view(0, k)
-    p = anchor.numel()
-    # a random order of the other classes for each pair: the anchor's class sorts last
-    order_key = torch.rand(p, classes.numel(), device=dev, generator=generator)
-    order_key[torch.arange(p, device=dev), cls[anchor]] = 2.0
-    class_order = order_key.argsort(dim=1)[:, :n_other]
-    slot_class = class_order[:, torch.arange(k, device=dev) % n_other]  # (P, k)
-    # one random member of each slot's class
-    pick_key = torch.rand(p, k, b, device=dev, generator=generator)
-    pick_key = pick_key.masked_fill(cls[None, None, :] != slot_class[:, :, None], -1.0)
-    return anchor, positive, pick_key.argmax(dim=2)
+    counts = F.one_hot(targets, num_classes).sum(0)                            # items per class (C,)
+    present = counts > 0
+    n_other = present.sum() - 1                                                # classes besides the anchor's
+    eye = torch.eye(b, dtype=torch.bool, device=dev)
+    valid = (targets[:, None] == targets[None, :]) & ~eye & (n_other > 0)
+    # a random order of the classes per pair; absent classes and the anchor's own class sort last
+    key = torch.rand(b, b, num_classes, device=dev, generator=generator)
+    own = torch.arange(num_classes, device=dev)[None, :] == targets[:, None]   # (B, C)
+    key = key.masked_fill(~present[None, None, :] | own[:, None, :], 2.0)
+    slots = torch.arange(k, device=dev) % n_other.clamp_min(1)                 # cycle when n_other < k
+    slot_class = key.argsort(dim=2).index_select(2, slots)                     # (B, B, k)
+    # one random member of each slot's class: its rank inside the class-sorted batch
+    by_class = torch.sort(targets, stable=True).indices
+    starts = torch.cumsum(counts, 0) - counts
+    size = counts[slot_class]
+    rank = (torch.rand(b, b, k, device=dev, generator=generator) * size).long().clamp_max(size - 1).clamp_min(0)
+    return valid, by_class[starts[slot_class] + rank]
 
 
-def constellation_loss(f: torch.Tensor, anchor, positive, negatives) -> torch.Tensor:
+def constellation_loss(f: torch.Tensor, valid: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
     """Eq. (4): ``(1/N) Σ_i log(1 + Σ_{j≤K} exp(f_aᵢᵀ f_nⱼ − f_aᵢᵀ f_pᵢ))``.
 
-    ``f`` (B, D) embeddings; ``anchor``/``positive`` (N,) and ``negatives`` (N, K) indices.
-    ``z_ij = f_aᵢᵀf_nⱼ − f_aᵢᵀf_pᵢ``; ``log(1 + Σ_j e^{z_ij}) = logsumexp([0, z_i1..z_iK])``
-    (numerically stable); the mean over the N constellations is the ``1/N Σ_i``.
+    ``f`` (B, D) embeddings; the N constellations are the pairs (a, p) with ``valid[a, p]``, their
+    negatives ``negatives[a, p]`` (K indices). ``S = f fᵀ``; ``z_apj = S[a, n_apj] − S[a, p]``;
+    ``log(1 + Σ_j e^{z}) = logsumexp([0, z_ap1..z_apK])`` (numerically stable); the mean over the
+    valid pairs is the ``1/N Σ_i`` (0, with a gradient path, when there is none).
     """
-    if anchor.numel() == 0:
-        return f.sum() * 0.0
-    fa = f[anchor]                                                   # f_aᵢ
-    ap = (fa * f[positive]).sum(dim=1, keepdim=True)                 # f_aᵢᵀ f_pᵢ
-    an = torch.einsum("nd,nkd->nk", fa, f[negatives])                # f_aᵢᵀ f_nⱼ
-    z = torch.cat([torch.zeros_like(ap), an - ap], dim=1)            # [0, z_i1 … z_iK]
-    return torch.logsumexp(z, dim=1).mean()                          # (1/N) Σ_i log(1 + Σ_j e^z)
+    b, _, k = negatives.shape
+    sim = f @ f.T                                                              # S[a, x] = f_aᵀ f_x
+    ap = sim[:, :, None]                                                       # f_aᵀ f_p, (B, B, 1)
+    an = sim.gather(1, negatives.reshape(b, b * k)).view(b, b, k)              # f_aᵀ f_nⱼ
+    z = torch.cat([torch.zeros_like(ap), an - ap], dim=2)                      # [0, z_1 … z_K]
+    w = valid.to(f.dtype)
+    return (torch.logsumexp(z, dim=2) * w).sum() / w.sum().clamp_min(1.0)      # (1/N) Σ_i log(1 + Σ_j e^z)
 
 
 class ConstellationLoss(nn.Module):
-    def __init__(self, k: int):
+    def __init__(self, k: int, num_classes: int):
         super().__init__()
-        self.k = k
+        self.k, self.num_classes = k, num_classes
 
     def forward(self, out, batch, model=None) -> dict:
         f = out["embedding"]
-        a, p, n = sample_constellations(batch.targets, self.k)
-        loss = constellation_loss(f, a, p, n)
+        valid, negatives = sample_constellations(batch.targets, self.k, self.num_classes)
+        loss = constellation_loss(f, valid, negatives)
         return {"loss": loss, "constellation": loss.detach()}
 
 
@@ -97,7 +99,7 @@ def build_constellation_loss(ctx, hp) -> ConstellationLoss:
         raise HashbenchError(f"parameter 'K' = {k}: the constellation loss draws its K negatives from K other "
                              f"classes, so K must lie in [1, {n - 1}] for the {n} classes of this dataset; "
                              f"use --set K={n - 1} or less")
-    return ConstellationLoss(k)
+    return ConstellationLoss(k, n)
 
 
 # ---------------------------------------------------------------- triplet (eq. 2)
@@ -229,12 +231,13 @@ def _model(normalize: bool):
     return build
 
 
-def _method(mid: str, summary: str, loss, extra: tuple, normalize: bool = True) -> Method:
+def _method(mid: str, summary: str, loss, extra: tuple, normalize: bool = True,
+            cuda_graph: bool = False) -> Method:
     return register(Method(
         id=mid, family="constellation", summary=summary, citation=CITATION, paper=PAPER,
         build_model=_model(normalize), build_loss=loss, build_optimizer=build_adam,
         params=backbone_params() + (SPC,) + extra, code_type="float", distance="l2",
-        batch_size=40, epochs=30, sampler="class-balanced",
+        batch_size=40, epochs=30, sampler="class-balanced", cuda_graph=cuda_graph,
         requires=Requirements(multi_label=False, min_image_size=8)))
 
 
@@ -242,7 +245,8 @@ _method("constellation", "Constellation loss: anchor-positive vs K negatives fro
         build_constellation_loss,
         (Param("K", 3, type="int", search=(2, 7), bounds=(1, None),
                help="negatives per anchor-positive pair, from K other classes: K < number of classes "
-                    "(paper: 3, 5, 7)"),))
+                    "(paper: 3, 5, 7)"),),
+        cuda_graph=True)   # sampling and loss are fixed-shape tensor arithmetic without host syncs
 _method("triplet", "Triplet loss with hard-triplet mining (positive-loss triplets), Medela & Picon eq. 2",
         lambda ctx, hp: TripletLoss(hp["margin"]),
         (Param("margin", 0.2, search=(0.05, 1.0), bounds=(0, None),
