@@ -10,7 +10,11 @@ Prints, on seeded synthetic data:
   (||q||^2 + ||d||^2 - 2 q.d, stable sort) and raw faiss IndexFlatL2, each against the exact
   (float64, index) order, and the torch vs faiss engines now.
 
-    python benchmarks/metrics_agreement.py [--queries 3000] [--db 20000] [--dim 64]
+    python benchmarks/metrics_agreement.py [--queries 3000] [--db 20000] [--dim 64] [--device cuda]
+
+With ``--device cuda`` it also counts the rows where the torch engine on the GPU differs from the exact
+order, and compares same-set (exclude_self) metrics on the GPU (torch engine, and every other engine
+``auto`` picks there) with the CPU engines on the same codes.
 """
 
 from __future__ import annotations
@@ -66,6 +70,34 @@ def deephash_rows():
                   f"| {max(diffs):.1e} | mAP@1000={ours['mAP@1000']:.6f}, mAP@N-1={ours['mAP@N-1']:.6f} |")
 
 
+def gpu_rows(nq, n, dim):
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(n, dim)).astype(np.float32)
+    q = rng.normal(size=(nq, dim)).astype(np.float32)
+    cuda = prepare(q, db, np.zeros(nq), np.zeros(n), distance="l2", bits=None, device=torch.device("cuda"))
+    cpu = prepare(q, db, np.zeros(nq), np.zeros(n), distance="l2", bits=None, device=torch.device("cpu"))
+    for k in (100, 1000):
+        g = TorchEngine(cuda).ranking(cuda.query, k)[0].cpu()
+        c = torch.cat([TorchEngine(cpu).ranking(cpu.query[s:s + 250], k)[0] for s in range(0, nq, 250)])
+        print(f"| float L2 k={k}: rows where CUDA torch engine != CPU exact order | {int((g != c).any(1).sum())} |")
+    codes = rng.integers(0, 2, (20000, 64))
+    codes[1::7] = codes[::7][:codes[1::7].shape[0]]                  # exact duplicates
+    y = rng.integers(0, 10, 20000)
+    y[::50] = 100 + np.arange(400)                                     # lone items
+    for ties in ("index", "tie-aware"):
+        ref = evaluate(codes, codes, y, y, ks=[10, 100, 1000, "all"], ties=ties, exclude_self=True,
+                       exclude_no_hit=True)
+        for engine in ("torch", "auto"):
+            for extra in ({}, {"map_at_r": False, "hamming_radius": None}):
+                ks = [10, 100, 1000] if extra else [10, 100, 1000, "all"]
+                res = evaluate(codes, codes, y, y, ks=ks, ties=ties, exclude_self=True, exclude_no_hit=True,
+                               device="cuda", engine=engine, **extra)
+                keys = [k for k in ref if k.startswith(("mAP@", "P@", "R@", "MAP@R", "R-prec")) and k in res]
+                diff = max(abs(res[k] - ref[k]) for k in keys)
+                print(f"| same-set Hamming 20000 x 64 bits, ties={ties}, engine={res['protocol']['engine']}"
+                      f"{' top-k only' if extra else ''}: max |CUDA - CPU| | {diff:.1e} |")
+
+
 def l2_rows(nq, n, dim):
     import faiss
 
@@ -100,6 +132,7 @@ def main():
     ap.add_argument("--queries", type=int, default=3000)
     ap.add_argument("--db", type=int, default=20000)
     ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = ap.parse_args()
     torch.set_num_threads(1)
     print("| reference | max abs difference | reference values |\n|---|---|---|")
@@ -110,6 +143,9 @@ def main():
     print("| k | before: torch float32 | faiss IndexFlatL2 | before: torch vs faiss | now: torch engine | "
           "now: faiss engine | now: torch vs faiss | time torch / faiss engine |\n|---|---|---|---|---|---|---|---|")
     l2_rows(a.queries, a.db, a.dim)
+    if a.device == "cuda":
+        print("\n| GPU check | value |\n|---|---|")
+        gpu_rows(a.queries, a.db, a.dim)
 
 
 if __name__ == "__main__":
