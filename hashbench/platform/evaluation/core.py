@@ -143,7 +143,9 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
     # histograms without a (queries, N) relevance matrix; their memory does not grow with N, so
     # they take larger query chunks
     kernels = eng_name == "faiss" and eng.kernels_usable(n_q)
-    step = max(chunk, 4096) if kernels and not chunk_size else chunk
+    # fused GPU kernels (fused_engine.py): label histograms and top-k without a (queries, N) matrix
+    fused = eng_name == "fused" and prep.binary
+    step = max(chunk, 4096 if kernels else 32768) if (kernels or fused) and not chunk_size else chunk
 
     R_all = relevant_counts(prep, chunk)
     self_rel = None
@@ -155,8 +157,8 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
     grouped = ties == "tie-aware"
     want_hist = prep.binary and (grouped or hamming_radius is not None or pr_curve)
     # tie-aware Hamming metrics at cut-offs below N only need the buckets up to the k-th distance
-    truncated = (want_hist and grouped and not (map_at_r or pr_curve or hamming_radius is not None)
-                 and eng_name == "torch" and int(kvec.max()) < n_eff)
+    truncated = (want_hist and grouped and not (map_at_r or pr_curve or (hamming_radius is not None and not fused))
+                 and eng_name in ("torch", "fused") and int(kvec.max()) < n_eff)
     depth = int(kvec.max())
     if map_at_r and not grouped:
         depth = max(depth, int(R_all.max().item()))
@@ -183,9 +185,13 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
         if kernels and not grouped:        # the kernel leaves the own item out of its sums and histograms
             hits, S, ap_hits, n, r = eng.ranked_sums(qc, qlc, cut, **({"self_start": s} if exclude_self else {}))
         elif want_hist:
-            if truncated:
+            if truncated and fused:
+                n, r = eng.label_histograms(qc, qlc, kh, int(hamming_radius or 0))
+            elif truncated:
                 n, r = eng.truncated_histograms(qc, _relevance_of(prep, qlc), kh)
-            elif kernels:
+            elif fused and not (grouped or pr_curve):     # P@H<=r only: levels <= r
+                n, r = eng.label_histograms(qc, qlc, 1, int(hamming_radius))
+            elif kernels or fused:
                 n, r = eng.label_histograms(qc, qlc)
             else:
                 n, r = eng.histograms(qc, relevance(qlc, prep.db_labels))

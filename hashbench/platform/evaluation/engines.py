@@ -36,7 +36,9 @@ from hashbench.platform.evaluation.inputs import Prepared
 from hashbench.platform.evaluation.level_select import level_histograms, level_ranking, maybe_compiled
 
 APPROXIMATE = ("faiss-hnsw", "faiss-ivf")
-ENGINES = ("auto", "torch", "faiss") + APPROXIMATE
+ENGINES = ("auto", "torch", "fused", "faiss") + APPROXIMATE
+# fused Triton kernels (fused_engine.py) for engine="auto" on CUDA: off with HASHBENCH_EVAL_FUSED=0
+FUSED = os.environ.get("HASHBENCH_EVAL_FUSED", "1") != "0"
 
 # numba CPU kernels: off with HASHBENCH_EVAL_NUMBA=0 (or by setting this flag, as the tests do);
 # below KERNEL_MIN_PAIRS query-item pairs the numpy path is used, as it beats loading the compiled
@@ -58,7 +60,14 @@ def choose_engine(engine: str, device: torch.device) -> str:
     if engine not in ENGINES:
         raise HashbenchError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
     if engine == "auto":
-        return "faiss" if device.type == "cpu" and faiss_available() else "torch"
+        if device.type == "cuda":
+            return "fused" if FUSED and _fused_available(device) else "torch"
+        return "faiss" if faiss_available() else "torch"
+    if engine == "fused":
+        if not _fused_available(device):
+            raise HashbenchError(f"engine='fused' needs Triton and CUDA tensors (device {device}); use "
+                                 f"engine='torch' or 'auto'")
+        return engine
     if engine != "torch" and not faiss_available():
         raise HashbenchError(f"engine={engine!r} needs faiss; install faiss-cpu (or faiss-gpu) or use "
                              f"engine='torch'")
@@ -412,8 +421,9 @@ def float_ranking(q: torch.Tensor, db: torch.Tensor, k: int, distance: str, d: t
     database index): ``(ids, dist)``, dist float64.
 
     ``d`` (nq, N): approximate distances with unit roundoff ``unit`` (default: :func:`float_distances64`
-    computes them). Candidates: every item within ``2 tol`` of the k-th approximate distance (they contain
-    the exact top-k, since ``|d - exact| <= tol``) from one ``topk``, or the whole sorted row for ``k = N``;
+    computes them). Candidates: the ``c`` smallest (``topk``), ``c`` grown from ``k + max(16, k/4)`` until
+    every row's ``c``-th lies more than ``2 tol`` past its k-th (then they contain the exact top-k, since
+    ``|d - exact| <= tol``), or the whole sorted row for ``k = N``;
     then :func:`resolve_near_ties` re-ranks the runs of near-equal neighbours by the per-pair float64
     distances. With float64 ``d`` the runs are, in practice, only exact duplicates; with float32 ``d``
     (pass ``unit=U32``, e.g. from a fast float32 search) most of the band is re-ranked. Both engines call
@@ -428,15 +438,26 @@ def float_ranking(q: torch.Tensor, db: torch.Tensor, k: int, distance: str, d: t
     tol = float_tolerance(q, db_norm_max, unit, unit_in)
     if k >= n:
         vals, ids = torch.sort(d, dim=1, stable=True)
-    else:
-        t = d.kthvalue(k, dim=1, keepdim=True).values.to(F64)
-        thr = (t + 2 * tol).to(d.dtype)
-        thr = torch.nextafter(thr, torch.full_like(thr, float("inf")))      # round the threshold up
-        c = int((d <= thr).sum(1).max())
-        vals, ids = torch.topk(d, c, dim=1, largest=False, sorted=True)
+    else:                 # grow c until every row's c-th candidate lies more than 2 tol past its k-th
+        c = min(n, k + max(16, k // 4))
+        while True:
+            vals, ids = torch.topk(d, c, dim=1, largest=False, sorted=True)
+            if c == n or bool((vals[:, c - 1:].to(F64) > vals[:, k - 1:k].to(F64) + 2 * tol).all()):
+                break
+            c = min(n, 4 * c)
     ids, vals = resolve_near_ties(q, db, ids, vals, tol, distance)
     return ids[:, :k], vals[:, :k]
 
 
+def _fused_available(device: torch.device) -> bool:
+    from hashbench.platform.evaluation.fused_engine import available
+
+    return available(device)
+
+
 def build_engine(name: str, prep: Prepared):
+    if name == "fused":
+        from hashbench.platform.evaluation.fused_engine import FusedEngine
+
+        return FusedEngine(prep)
     return TorchEngine(prep) if name == "torch" else FaissEngine(prep, name)

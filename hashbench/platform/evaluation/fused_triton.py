@@ -1,0 +1,265 @@
+"""Fused Hamming evaluation kernels (Triton): per-query level histograms without the (queries, N) matrix.
+
+Every exact Hamming metric needs, per query, the number of database items and of relevant items at
+each distance level ``0..bits`` (the tie-aware sums, ``P@H<=r``, the PR curve), and, for the index
+tie policy, the top-k ranking in (distance, database index) order. Two kernels stream the packed
+codes and labels once per pass and keep only that:
+
+* :func:`_hist_kernel` - one program per (block of ``BQ`` queries, chunk of the database); it walks
+  its chunk in tiles of ``BN`` items, computes the ``(BQ, BN)`` distances (XOR + popcount of 32-bit
+  words) and relevances (equal class id, or a shared bit of the multi-hot masks) in registers and
+  adds ``1`` to ``hist[query, 2 * distance + relevant]`` (``atomic_add``) for the items at a distance
+  ``<= thr[query]``. Nothing of size (queries, N) is ever written.
+* :func:`_list_kernel` - the index-tie / top-k pass: the same tiles; every item at a distance
+  ``<= t[query]`` (``t`` = the k-th smallest distance, known from the histogram) takes a slot of the
+  query's row (an atomic counter) and stores its key ``distance * N + index``. The row holds exactly
+  ``#(d <= t)`` keys; sorting them (torch) and keeping the first ``k`` is the exact top-k in faiss's
+  order, from which the index-tie sums follow.
+
+Thresholds keep the atomics few at cut-offs ``k < N``: the histogram of a strided sample of the
+database (``SAMPLE`` items, every pair counted) gives per query a level ``T`` whose sample count is
+well above ``k * SAMPLE / N``; the full pass counts only items at ``d <= T`` (a few times ``k`` per
+query). A query whose ``#(d <= T)`` turns out below ``k`` (unlikely; the sample is a guess) is
+counted again with ``T = bits``: the result is exact either way. ``k = N``, ``MAP@R`` and the PR curve
+count every pair.
+
+The popcount is the hardware instruction (``libdevice.popc``) on the GPU and a SWAR bit trick in
+Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors: what the tests run), which lacks it.
+Importing this module raises ImportError when Triton is missing; the engines then keep torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from hashbench.platform.errors import HashbenchError
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_env = os.environ.get
+#: tile: queries per program, database items per step (HASHBENCH_FUSED_BQ / _BN: powers of 2)
+BQ, BN = int(_env("HASHBENCH_FUSED_BQ", 32)), int(_env("HASHBENCH_FUSED_BN", 256))
+#: database items whose histogram estimates the per-query threshold at cut-offs k < N
+SAMPLE = int(_env("HASHBENCH_FUSED_SAMPLE", 8192))
+#: items per program along the database (a multiple of BN)
+CHUNK = int(_env("HASHBENCH_FUSED_CHUNK", 1 << 16))
+#: warps per program
+WARPS = int(_env("HASHBENCH_FUSED_WARPS", 8))
+#: largest number of keys sorted at once in the top-k pass (queries x row length)
+SORT_BUDGET = 1 << 27
+
+
+@triton.jit
+def _popc(x, USE_POPC: tl.constexpr):
+    if USE_POPC:
+        c = libdevice.popc(x)
+    else:                                   # SWAR on uint32 (logical shifts)
+        u = x.to(tl.uint32, bitcast=True)
+        u = u - ((u >> 1) & 0x55555555)
+        u = (u & 0x33333333) + ((u >> 2) & 0x33333333)
+        u = (u + (u >> 4)) & 0x0F0F0F0F
+        c = ((u * 0x01010101) >> 24).to(tl.int32)
+    return c
+
+
+@triton.jit
+def _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W: tl.constexpr, USE_POPC: tl.constexpr):
+    """(BQ, BN) int32 Hamming distances of query rows ``rows`` to database items ``cols``. Words are
+    stored word-major: word ``w`` of query ``i`` at ``qw_ptr + w * nq + i``."""
+    q = tl.load(qw_ptr + rows, mask=rmask, other=0)
+    x = tl.load(dbw_ptr + cols, mask=cmask, other=0)
+    d = _popc(q[:, None] ^ x[None, :], USE_POPC)
+    for w in tl.static_range(1, W):
+        q = tl.load(qw_ptr + w * nq + rows, mask=rmask, other=0)
+        x = tl.load(dbw_ptr + w * N + cols, mask=cmask, other=0)
+        d += _popc(q[:, None] ^ x[None, :], USE_POPC)
+    return d
+
+
+@triton.jit
+def _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW: tl.constexpr, MULTI: tl.constexpr):
+    """(BQ, BN) int32 1 where the query and the item share a label (class id, or a multi-hot bit)."""
+    if MULTI:
+        a = tl.load(ql_ptr + rows, mask=rmask, other=0)
+        b = tl.load(dl_ptr + cols, mask=cmask, other=0)
+        acc = a[:, None] & b[None, :]
+        for w in tl.static_range(1, LW):
+            a = tl.load(ql_ptr + w * nq + rows, mask=rmask, other=0)
+            b = tl.load(dl_ptr + w * N + cols, mask=cmask, other=0)
+            acc = acc | (a[:, None] & b[None, :])
+        rel = (acc != 0).to(tl.int32)
+    else:
+        a = tl.load(ql_ptr + rows, mask=rmask, other=-1)
+        b = tl.load(dl_ptr + cols, mask=cmask, other=-2)
+        rel = (a[:, None] == b[None, :]).to(tl.int32)
+    return rel
+
+
+@triton.jit(do_not_specialize=["nq"])
+def _hist_kernel(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, thr_ptr, hist_ptr, nq, N, TILES: tl.constexpr,
+                 W: tl.constexpr, LW: tl.constexpr, MULTI: tl.constexpr, HW: tl.constexpr,
+                 BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr):
+    """``hist[i, 2 * d + rel] += 1`` for every item at distance ``d <= thr[i]`` of query ``i``."""
+    rows = tl.program_id(0) * BQ + tl.arange(0, BQ)
+    rmask = rows < nq
+    thr = tl.load(thr_ptr + rows, mask=rmask, other=-1)
+    base = rows * HW
+    lo = tl.program_id(1) * (TILES * BN)
+    for i in range(TILES):           # a constexpr trip count: runtime bounds break the interpreter
+        cols = lo + i * BN + tl.arange(0, BN)
+        cmask = cols < N
+        d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
+        rel = _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW, MULTI)
+        take = (d <= thr[:, None]) & cmask[None, :]
+        tl.atomic_add(hist_ptr + (base[:, None] + 2 * d + rel), 1, mask=take, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["nq", "L"])
+def _list_kernel(qw_ptr, dbw_ptr, thr_ptr, cnt_ptr, out_ptr, nq, N, TILES: tl.constexpr, L,
+                 W: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr):
+    """Row ``i`` of ``out`` (length ``L``) receives ``d * N + index`` of every item at distance
+    ``d <= thr[i]``, in arbitrary order; ``cnt[i]`` counts them."""
+    rows = tl.program_id(0) * BQ + tl.arange(0, BQ)
+    rmask = rows < nq
+    thr = tl.load(thr_ptr + rows, mask=rmask, other=-1)
+    lo = tl.program_id(1) * (TILES * BN)
+    for i in range(TILES):           # a constexpr trip count: runtime bounds break the interpreter
+        cols = lo + i * BN + tl.arange(0, BN)
+        cmask = cols < N
+        d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
+        take = (d <= thr[:, None]) & cmask[None, :]
+        slot = tl.atomic_add(cnt_ptr + (rows[:, None] + cols[None, :] * 0), 1, mask=take, sem="relaxed")
+        key = d.to(tl.int64) * N + cols[None, :]
+        tl.store(out_ptr + (rows[:, None].to(tl.int64) * L + slot), key, mask=take & (slot < L))
+
+
+def _chunk(n: int) -> int:
+    """Database items per program: a multiple of BN, at most CHUNK, no longer than needed."""
+    return min(max(BN, CHUNK // BN * BN), -(-n // BN) * BN)
+
+
+def _pack_words(bits01: torch.Tensor) -> torch.Tensor:
+    """(n, b) {0,1} -> (ceil(b / 32), n) int32 words, word-major (zero padded); bit ``j`` of a code
+    is bit ``j % 32`` of word ``j // 32``. Bytes first (uint8 arithmetic only), then four bytes are
+    read as one little-endian int32."""
+    n, b = bits01.shape
+    words = max(1, -(-b // 32))
+    x = bits01.to(torch.uint8)
+    if b != words * 32:
+        x = torch.zeros(n, words * 32, dtype=torch.uint8, device=bits01.device)
+        x[:, :b] = bits01
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=bits01.device)
+    packed = (x.view(n, words * 4, 8) * weights).sum(2, dtype=torch.uint8)       # bit j % 8 of byte j // 8
+    if packed.dtype != torch.uint8 or not _LITTLE_ENDIAN:                         # pragma: no cover
+        raise HashbenchError("fused kernels: byte packing needs a little-endian host")
+    return packed.contiguous().view(torch.int32).T.contiguous()
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+class FusedHamming:
+    """The database packed once for the kernels.
+
+    codes01: (N, bits) {0,1} uint8 tensor; labels: (N,) class ids or (N, C) bool multi-hot, on the
+    device the kernels run on (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+    """
+
+    def __init__(self, codes01: torch.Tensor, labels: torch.Tensor):
+        if codes01.device.type != "cuda" and not INTERPRET:
+            raise HashbenchError(f"engine='fused' runs on CUDA tensors (got {codes01.device}); use engine='auto' "
+                                 f"or set TRITON_INTERPRET=1 (slow, for tests)")
+        self.device = codes01.device
+        self.n, self.bits = codes01.shape
+        self.db_w = _pack_words(codes01)
+        self.multi = labels.dim() == 2
+        if self.multi:
+            self.db_l = _pack_words(labels)
+        else:
+            self.classes, inv = torch.unique(labels, return_inverse=True)
+            self.db_l = inv.to(torch.int32).reshape(1, -1).contiguous()
+        self.use_popc = self.device.type == "cuda" and not INTERPRET
+        self._sample = None
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def _query_labels(self, ql: torch.Tensor) -> torch.Tensor:
+        if self.multi:
+            return _pack_words(ql)
+        pos = torch.searchsorted(self.classes, ql).clamp_max(self.classes.numel() - 1)
+        ids = torch.where(self.classes[pos] == ql, pos, -1)       # a class no item has: never relevant
+        return ids.to(torch.int32).reshape(1, -1).contiguous()
+
+    def _launch_hist(self, qw, ql, thr, db_w, db_l):
+        nq, n = qw.shape[1], db_w.shape[1]
+        hw = 2 * (self.bits + 1)
+        hist = torch.zeros(nq, hw, dtype=torch.int32, device=self.device)
+        chunk = _chunk(n)
+        grid = (triton.cdiv(nq, BQ), triton.cdiv(n, chunk))
+        _hist_kernel[grid](qw, db_w, ql, db_l, thr.to(torch.int32).contiguous(), hist, nq, n, chunk // BN,
+                           W=qw.shape[0], LW=ql.shape[0], MULTI=self.multi, HW=hw, BQ=BQ, BN=BN,
+                           USE_POPC=self.use_popc, num_warps=WARPS)
+        h = hist.view(nq, self.bits + 1, 2).to(torch.int64)
+        return h.sum(2), h[:, :, 1]
+
+    def _sample_db(self):
+        if self._sample is None:
+            idx = torch.linspace(0, self.n - 1, SAMPLE, device=self.device).round().long()
+            self._sample = (self.db_w[:, idx].contiguous(), self.db_l[:, idx].contiguous())
+        return self._sample
+
+    # ---- histograms ---------------------------------------------------------------------------
+    def histograms(self, q01: torch.Tensor, ql: torch.Tensor, k: int | None = None, min_level: int = 0):
+        """(q, bits+1) int64 counts of all / relevant items per distance.
+
+        ``k=None``: every level. ``k``: exact at least up to the k-th smallest distance of each
+        query and up to ``min_level`` (later levels may be 0): enough for every cut-off <= k."""
+        return self._thresholded(_pack_words(q01), self._query_labels(ql), k, min_level)
+
+    def _thresholded(self, qw: torch.Tensor, qlw: torch.Tensor, k: int | None, min_level: int = 0):
+        nq = qw.shape[1]
+        full = torch.full((nq,), self.bits, device=self.device)
+        if k is None or k >= self.n or self.n <= SAMPLE or min_level >= self.bits:
+            return self._launch_hist(qw, qlw, full, self.db_w, self.db_l)
+        sn, _ = self._launch_hist(qw, qlw, full, *self._sample_db())
+        target = int(2 * k * SAMPLE / self.n) + 16                      # well above the expected count
+        thr = (sn.cumsum(1) < target).sum(1).clamp(min(min_level, self.bits), self.bits)
+        n, r = self._launch_hist(qw, qlw, thr, self.db_w, self.db_l)
+        short = n.sum(1) < k                                            # the guess was too low
+        if bool(short.any()):
+            rows = short.nonzero()[:, 0]
+            n[rows], r[rows] = self._launch_hist(qw[:, rows].contiguous(), qlw[:, rows].contiguous(),
+                                                 full[rows], self.db_w, self.db_l)
+        return n, r
+
+    # ---- top-k ---------------------------------------------------------------------------------
+    def ranking(self, q01: torch.Tensor, k: int):
+        """The exact top-k in (distance, database index) order: ``(ids, dist)`` (q, k) int64."""
+        k = min(int(k), self.n)
+        qw = _pack_words(q01)
+        nq = qw.shape[1]
+        no_labels = torch.zeros(self.db_l.shape[0], nq, dtype=torch.int32, device=self.device)
+        n, _ = self._thresholded(qw, no_labels, k)
+        cum = n.cumsum(1)
+        t = (cum < k).sum(1).clamp_max(self.bits)                       # the k-th smallest distance
+        rows_len = cum.gather(1, t[:, None])[:, 0]                      # #(d <= t) >= k
+        chunk = _chunk(self.n)
+        ids_out, dist_out = [], []
+        step = max(1, min(nq, SORT_BUDGET // max(1, int(rows_len.max()))))
+        for s in range(0, nq, step):
+            e = min(nq, s + step)
+            L = int(rows_len[s:e].max())
+            out = torch.full((e - s, L), torch.iinfo(torch.int64).max, dtype=torch.int64, device=self.device)
+            cnt = torch.zeros(e - s, dtype=torch.int32, device=self.device)
+            grid = (triton.cdiv(e - s, BQ), triton.cdiv(self.n, chunk))
+            _list_kernel[grid](qw[:, s:e].contiguous(), self.db_w, t[s:e].to(torch.int32).contiguous(), cnt,
+                               out, e - s, self.n, chunk // BN, L, W=qw.shape[0], BQ=BQ, BN=BN,
+                               USE_POPC=self.use_popc, num_warps=WARPS)
+            key = torch.sort(out, 1).values[:, :k]
+            ids_out.append(key % self.n)
+            dist_out.append(key // self.n)
+        return torch.cat(ids_out), torch.cat(dist_out)

@@ -1,0 +1,270 @@
+"""The fused evaluation path (Triton kernels, tiled float search) against independent references.
+
+The Triton kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, numpy on the CPU) on tiny
+cases; on a CUDA machine ``HASHBENCH_FUSED_CUDA=1`` runs the same tests on the GPU (compiled kernels).
+References: per-level counts and stable argsorts from brute-force numpy distances; evaluate() by
+plain loops over every order of the tied items (``test_eval_metrics.bf_evaluate``); the torch engine
+on every convention x tie policy x no-hit policy. Skipped when Triton is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+ON_CUDA = os.environ.get("HASHBENCH_FUSED_CUDA") == "1"
+if ON_CUDA and not torch.cuda.is_available():
+    pytest.skip("HASHBENCH_FUSED_CUDA=1 but no CUDA device", allow_module_level=True)
+DEV = "cuda" if ON_CUDA else "cpu"
+
+
+def _import_interpreted():
+    """Import fused_triton with the interpreter on (CPU) without leaving the variable set."""
+    if ON_CUDA:
+        return importlib.import_module("hashbench.platform.evaluation.fused_triton")
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        sys.modules.pop("hashbench.platform.evaluation.fused_triton", None)
+        return importlib.import_module("hashbench.platform.evaluation.fused_triton")
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+FT = _import_interpreted()
+
+from hashbench.platform.errors import HashbenchError  # noqa: E402
+from hashbench.platform.evaluation import engines, evaluate, fused_engine, fused_float  # noqa: E402
+from hashbench.platform.evaluation.inputs import prepare  # noqa: E402
+from test_eval_metrics import bf_evaluate, tiny_case  # noqa: E402
+
+CONVENTIONS = ("hits", "min-k-r", "r")
+
+
+@pytest.fixture(autouse=True)
+def small_sample(monkeypatch):
+    """A 64-item threshold sample so that tiny databases take the thresholded (k < N) path."""
+    monkeypatch.setattr(FT, "SAMPLE", 64)
+
+
+def codes(rng, n, bits, dup_of=None):
+    x = rng.integers(0, 2, (n, bits)).astype(np.uint8)
+    if dup_of is not None:                      # exact duplicates of a query: distance 0 ties
+        x[3:7] = dup_of
+    return x
+
+
+def labels(rng, nq, n, multi, classes=5):
+    if multi:
+        return rng.random((nq, 40)) < 0.06, rng.random((n, 40)) < 0.06
+    ql = rng.integers(0, classes + 1, nq)       # class `classes` is absent from the database
+    return ql, rng.integers(0, classes, n)
+
+
+def reference(q, db, ql, dl):
+    d = (q[:, None, :] != db[None, :, :]).sum(2)
+    rel = (ql[:, None, :] & dl[None, :, :]).any(2) if ql.ndim == 2 else ql[:, None] == dl[None, :]
+    return d, rel
+
+
+def hist_ref(d, rel, bits):
+    n = np.stack([np.bincount(row, minlength=bits + 1) for row in d])
+    r = np.stack([np.bincount(row[m], minlength=bits + 1) for row, m in zip(d, rel)])
+    return n, r
+
+
+def t(x):
+    return torch.as_tensor(np.asarray(x)).to(DEV)
+
+
+# ---------------------------------------------------------------- kernels
+@pytest.mark.parametrize("bits,multi", [(8, False), (31, True), (64, False), (100, True), (1024, False)])
+def test_histograms_and_ranking_against_brute_force(bits, multi):
+    rng = np.random.default_rng(bits)
+    nq, n = 11, 300 if bits < 1024 else 200
+    q = codes(rng, nq, bits)
+    db = codes(rng, n, bits, dup_of=q[0])
+    ql, dl = labels(rng, nq, n, multi)
+    d, rel = reference(q, db, ql, dl)
+    n_ref, r_ref = hist_ref(d, rel, bits)
+    fh = FT.FusedHamming(t(db), t(dl))
+    n_all, r_all = fh.histograms(t(q), t(ql))
+    np.testing.assert_array_equal(n_all.cpu().numpy(), n_ref)
+    np.testing.assert_array_equal(r_all.cpu().numpy(), r_ref)
+    order = np.argsort(d, axis=1, kind="stable")                     # ties by database index
+    for k in (1, 5, 120, n) if bits < 1024 else (5, 120):
+        n_k, r_k = fh.histograms(t(q), t(ql), k=k)
+        kth = (n_ref.cumsum(1) < k).sum(1)                           # the k-th smallest distance
+        for i in range(nq):
+            np.testing.assert_array_equal(n_k[i, :kth[i] + 1].cpu().numpy(), n_ref[i, :kth[i] + 1])
+            np.testing.assert_array_equal(r_k[i, :kth[i] + 1].cpu().numpy(), r_ref[i, :kth[i] + 1])
+        ids, dist = fh.ranking(t(q), k)
+        np.testing.assert_array_equal(ids.cpu().numpy(), order[:, :k])
+        np.testing.assert_array_equal(dist.cpu().numpy(), np.take_along_axis(d, order[:, :k], 1))
+
+
+def test_threshold_guess_too_low_is_recounted():
+    """The sampled items all sit at distance 0 of the query, the others far: the sample's level
+    (0) holds only 64 items, fewer than k, so the query must be recounted with every level."""
+    rng = np.random.default_rng(5)
+    bits, n = 16, 640
+    q = np.zeros((2, bits), dtype=np.uint8)
+    db = np.ones((n, bits), dtype=np.uint8)
+    db[:, :2] = rng.integers(0, 2, (n, 2))
+    sample = np.linspace(0, n - 1, FT.SAMPLE).round().astype(int)
+    db[sample] = 0
+    dl = rng.integers(0, 3, n)
+    ql = np.array([0, 1])
+    d, rel = reference(q, db, ql, dl)
+    n_ref, r_ref = hist_ref(d, rel, bits)
+    fh = FT.FusedHamming(t(db), t(dl))
+    n_k, r_k = fh.histograms(t(q), t(ql), k=200)
+    np.testing.assert_array_equal(n_k.cpu().numpy(), n_ref)         # recounted: every level exact
+    np.testing.assert_array_equal(r_k.cpu().numpy(), r_ref)
+    ids, _ = fh.ranking(t(q), 200)
+    np.testing.assert_array_equal(ids.cpu().numpy(), np.argsort(d, axis=1, kind="stable")[:, :200])
+
+
+def test_word_packing_is_twos_complement():
+    bits01 = torch.zeros(2, 40, dtype=torch.uint8)
+    bits01[0, 31] = 1                      # the sign bit of word 0
+    bits01[1, [0, 32, 39]] = 1
+    w = FT._pack_words(bits01)
+    assert w.dtype == torch.int32 and w.shape == (2, 2)
+    assert w[:, 0].tolist() == [-2 ** 31, 0] and w[:, 1].tolist() == [1, 1 + 2 ** 7]
+
+
+# ---------------------------------------------------------------- evaluate(engine="fused")
+def _compare(a: dict, b: dict):
+    a, b = dict(a), dict(b)
+    pa, pb = a.pop("protocol"), b.pop("protocol")
+    assert pb["engine"] == "fused" and pa["no_hit_queries"] == pb["no_hit_queries"]
+    assert a.keys() == b.keys()
+    for key in a:
+        if key == "pr_curve":
+            np.testing.assert_allclose(b[key]["precision"], a[key]["precision"], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(b[key]["recall"], a[key]["recall"], rtol=0, atol=1e-12)
+        elif isinstance(a[key], float):
+            assert b[key] == pytest.approx(a[key], abs=1e-12), key
+        else:
+            assert b[key] == a[key], key
+
+
+@pytest.mark.parametrize("bits,multi,nq,n,both", [(8, False, 9, 200, True), (64, True, 9, 200, True),
+                                                  (1024, False, 5, 90, False)])
+def test_fused_equals_torch_engine_on_every_protocol(bits, multi, nq, n, both):
+    """Every convention x tie policy x no-hit policy; full histograms (MAP@R, PR curve, kNN) and the
+    thresholded ones (cut-offs < N, P@H<=r)."""
+    rng = np.random.default_rng(bits + multi)
+    q = codes(rng, nq, bits)
+    db = codes(rng, n, bits, dup_of=q[1])
+    ql, dl = labels(rng, nq, n, multi, classes=4)
+    extras = [{"map_at_r": True, "pr_curve": True, "knn_k": None if multi else 3},   # full histograms
+              {"map_at_r": False, "hamming_radius": 1}]                              # thresholded
+    for conv, ties, excl in itertools.product(CONVENTIONS, ("tie-aware", "index"), (False, True)):
+        for extra in extras if both else extras[1:]:
+            kw = dict(ks=(1, 10, 100, "all") if extra["map_at_r"] else (1, 10, 100), convention=conv,
+                      ties=ties, exclude_no_hit=excl, device=DEV, **extra)
+            _compare(evaluate(q, db, ql, dl, engine="torch", **kw), evaluate(q, db, ql, dl, engine="fused", **kw))
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("ties", ["tie-aware", "index"])
+def test_fused_against_loops_over_all_orders(multi, ties):
+    qc, dc, ql, dl = tiny_case(3, n_q=4, n_db=7, bits=3, multi=multi)
+    ks = [1, 2, 5, "all"]
+    for conv in CONVENTIONS:
+        ref = bf_evaluate(qc, dc, ql, dl, ks, conv, tie_aware=ties == "tie-aware")
+        res = evaluate(qc, dc, ql, dl, ks=ks, convention=conv, ties=ties, engine="fused", device=DEV)
+        for key in ref:
+            assert res[key] == pytest.approx(ref[key], abs=1e-9), (conv, key)
+
+
+def test_kernel_failure_falls_back_to_torch(monkeypatch):
+    rng = np.random.default_rng(9)
+    q, db = codes(rng, 6, 16), codes(rng, 90, 16)
+    ql, dl = labels(rng, 6, 90, False)
+    kw = dict(ks=(5, 20), map_at_r=False, device=DEV)
+    want = {ties: evaluate(q, db, ql, dl, engine="torch", ties=ties, **kw) for ties in ("tie-aware", "index")}
+
+    def broken(*_a, **_k):
+        raise RuntimeError("compilation failed: simulated")
+
+    monkeypatch.setattr(FT.FusedHamming, "histograms", broken)
+    monkeypatch.setattr(FT.FusedHamming, "ranking", broken)
+    fused_engine.LAST_ERROR.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for ties in ("tie-aware", "index"):
+            got = evaluate(q, db, ql, dl, engine="fused", ties=ties, **kw)
+            for key in ("mAP@5", "mAP@20", "P@20", "P@H<=2"):
+                assert got[key] == pytest.approx(want[ties][key], abs=1e-12)
+    assert any("using the torch engine" in str(w.message) for w in caught)
+    assert fused_engine.LAST_ERROR and "simulated" in fused_engine.LAST_ERROR[-1]
+
+
+def test_engine_choice(monkeypatch):
+    assert engines.choose_engine("auto", torch.device("cpu")) in ("faiss", "torch")
+    monkeypatch.setattr(engines, "_fused_available", lambda dev: True)
+    assert engines.choose_engine("auto", torch.device("cuda")) == "fused"
+    monkeypatch.setattr(engines, "FUSED", False)
+    assert engines.choose_engine("auto", torch.device("cuda")) == "torch"
+    monkeypatch.setattr(engines, "_fused_available", lambda dev: False)
+    monkeypatch.setattr(engines, "FUSED", True)
+    assert engines.choose_engine("auto", torch.device("cuda")) == "torch"
+    with pytest.raises(HashbenchError, match="engine='fused' needs Triton"):
+        engines.choose_engine("fused", torch.device("cpu"))
+
+
+def test_fused_refuses_cpu_tensors_without_interpreter(monkeypatch):
+    monkeypatch.setattr(FT, "INTERPRET", False)
+    with pytest.raises(HashbenchError, match="runs on CUDA tensors"):
+        FT.FusedHamming(torch.zeros(3, 8, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
+
+
+# ---------------------------------------------------------------- tiled float search
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_tiled_float_ranking_against_float64_argsort(distance):
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(7, 12)).astype(np.float32)
+    db = rng.normal(size=(500, 12)).astype(np.float32)
+    db[100:104] = db[7]                        # exact duplicates: ties by index
+    db[400] = db[7]
+    q[0] = db[7]
+    prep = prepare(q, db, np.zeros(7), np.zeros(500), distance=distance, bits=None, device=torch.device(DEV))
+    qq, dd = prep.query.double().cpu().numpy(), prep.db.double().cpu().numpy()
+    d = ((qq[:, None, :] - dd[None]) ** 2).sum(2) if distance == "l2" else 1 - qq @ dd.T
+    norm = float(prep.db.double().norm(dim=1).max())
+    for k in (1, 5, 37, 499):
+        ids, dist = fused_float.tiled_float_ranking(prep.query, prep.db, k, distance, norm, tile=64)
+        np.testing.assert_array_equal(ids.cpu().numpy(), np.argsort(d, axis=1, kind="stable")[:, :k])
+        np.testing.assert_allclose(dist.cpu().numpy(), np.sort(d, axis=1)[:, :k], atol=1e-5)
+    res_t = evaluate(q, db, np.arange(7) % 3, np.arange(500) % 3, distance=distance, ks=(5, 50), ties="index",
+                     engine="torch", device=DEV)
+    res_f = evaluate(q, db, np.arange(7) % 3, np.arange(500) % 3, distance=distance, ks=(5, 50), ties="index",
+                     engine="fused", device=DEV)
+    _compare(res_t, res_f)
+
+
+@pytest.mark.parametrize("ties", ["tie-aware", "index"])
+def test_fused_same_set_retrieval_equals_torch(ties):
+    """exclude_self: each query's own item leaves its histograms and rankings on both engines."""
+    rng = np.random.default_rng(11)
+    x = codes(rng, 120, 12)
+    x[5:9] = x[0]
+    y = rng.integers(0, 3, 120)
+    for extra in ({"ks": (1, 10, "all"), "map_at_r": True}, {"ks": (1, 10), "map_at_r": False}):
+        kw = dict(ties=ties, exclude_self=True, device=DEV, **extra)
+        _compare(evaluate(x, x, y, y, engine="torch", **kw), evaluate(x, x, y, y, engine="fused", **kw))
