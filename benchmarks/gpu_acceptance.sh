@@ -5,12 +5,13 @@
 #   bash benchmarks/gpu_acceptance.sh chula      # the hashing methods on chula_rbc12 patches
 #   bash benchmarks/gpu_acceptance.sh metric     # the metric-learning methods (issue 5)
 #   bash benchmarks/gpu_acceptance.sh loop       # evaluation + training-loop benchmarks (CUDA graphs)
-#   bash benchmarks/gpu_acceptance.sh packing    # trials/h at 1, 0.25, 0.125 GPU per trial (SHARES=...)
+#   bash benchmarks/gpu_acceptance.sh packing    # trials/h at 1, 0.25, 0.125 GPU per trial (SHARES=...), GPU busy %
+#   bash benchmarks/gpu_acceptance.sh trial      # per-trial phase times and fixed cost at 1 GPU per trial (issue 13)
 # Results go to ${OUT:-out}/ (tables as markdown, JSON beside them).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-stage=${1:?stage: speed | loop | packing | chula | metric}
+stage=${1:?stage: speed | loop | packing | trial | chula | metric}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -lms 1000 > "$OUT/util_$stage.csv" &
 smi=$!
@@ -33,7 +34,13 @@ case $stage in
     done
     ;;
   packing)
-    python benchmarks/bench_packing.py --shares ${SHARES:-1,0.25,0.125} 2>&1 | tee "$OUT/bench_packing.md"
+    python benchmarks/bench_packing.py --shares ${SHARES:-1,0.25,0.125} --gpu-util 2>&1 | tee "$OUT/bench_packing.md"
+    ;;
+  trial)  # session 3: where a trial's time goes (fixed cost = wall - training epochs), warm trial processes
+    for m in dch drh-nq; do
+      python benchmarks/bench_trial.py --device cuda --method $m --dataset pneumoniamnist --subset full --trials ${TRIALS:-8} \
+          --epochs 5 --json-out "$OUT/bench_trial_$m.json" 2>&1 | tee "$OUT/bench_trial_$m.md"
+    done
     ;;
   chula)
     python benchmarks/train_matrix.py --methods $HASH --datasets chula_rbc12 --bits 16,32,64 --epochs ${EPOCHS:-3} \

@@ -73,7 +73,7 @@ def test_unknown_top_key_lists_valid_keys():
 
 
 def test_unknown_method_lists_registered():
-    _bad(GOOD.replace("  dch:", "  dhc:"), "cfg.yaml:3", "unknown method 'dhc'", "registered methods: constellation")
+    _bad(GOOD.replace("  dch:", "  dhc:"), "cfg.yaml:3", "unknown method 'dhc'", "registered methods: ", "constellation, ")
 
 
 def test_unknown_dataset_lists_available():

@@ -48,6 +48,9 @@ def run(args) -> int:
     print(f"sweep {summary.sweep_id!r} finished in {summary.wall_s:.1f} s: {summary.trials} trials "
           f"({c['completed']} completed, {c['stopped']} stopped early, {c['error']} failed); "
           f"Tune state in {summary.root}")
+    from hashbench.platform.sweep.driver import format_disk
+
+    print(format_disk(summary.disk))
     print(f"leaderboard: hashbench leaderboard --leaderboard {summary.leaderboard}")
     return 0 if c["error"] == 0 else 1
 

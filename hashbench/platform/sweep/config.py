@@ -20,7 +20,8 @@ from hashbench.platform.errors import HashbenchError
 from hashbench.platform.yaml_util import load_yaml
 
 TOP_KEYS = ("name", "methods", "datasets", "bits", "trials", "epochs", "seed", "seeds", "asha",
-            "resources", "max_failures", "train", "storage", "leaderboard", "out_dir", "protocol")
+            "resources", "max_failures", "train", "storage", "leaderboard", "out_dir", "protocol",
+            "checkpoint_interval_s")
 METHOD_KEYS = ("datasets", "bits", "params", "search", "trials", "epochs", "batch_size")
 ASHA_KEYS = ("grace_period", "reduction_factor")
 RESOURCE_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "max_concurrent")
@@ -89,6 +90,8 @@ class SweepConfig:
     storage: str = "runs/sweeps"
     leaderboard: str = "leaderboard"
     out_dir: str = "runs"
+    #: a one-worker trial checkpoints at most this often (seconds; 0: every epoch but the last)
+    checkpoint_interval_s: float = 30.0
 
     @property
     def total_trials(self) -> int:
@@ -264,6 +267,7 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
     seed = _int(raw.get("seed", 0), where("seed"), 0)
     seeds = _int(raw.get("seeds", 0), where("seeds"), 0)
     max_failures = _int(raw.get("max_failures", 1), where("max_failures"), -1)
+    ckpt_interval = _num(raw.get("checkpoint_interval_s", 30.0), where("checkpoint_interval_s"), 0)
 
     asha = raw.get("asha", {})
     if asha is False or asha is None:
@@ -349,7 +353,7 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
                       max_failures=max_failures, train=train,
                       storage=str(raw.get("storage", "runs/sweeps")),
                       leaderboard=str(raw.get("leaderboard", "leaderboard")),
-                      out_dir=str(raw.get("out_dir", "runs")))
+                      out_dir=str(raw.get("out_dir", "runs")), checkpoint_interval_s=ckpt_interval)
     if check_data:
         for study in studies:
             train_config(cfg, study, {}, check=True)  # dataset names, method/data fit, batch sizes

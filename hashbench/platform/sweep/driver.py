@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import time
 import zlib
 from datetime import datetime, timezone
@@ -22,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from hashbench.platform.errors import HashbenchError
 from hashbench.platform.leaderboard import (append_row, check_writable, now_iso, read_leaderboard,
@@ -178,40 +181,153 @@ def run_name(sweep_id: str, trial_id: str) -> str:
 
 def _trial(hp: dict, *, cfg: SweepConfig, studies: dict, default_key: Optional[str], sweep_id: str,
            leaderboard: str, gpus: float, role: str) -> None:
-    """One Tune trial: train, then write this trial's leaderboard row."""
+    """One Tune trial: train, write this trial's leaderboard row(s), then give Tune the final report.
+
+    A trial whose run already finished in an earlier life of the sweep (Tune's saved state still said
+    RUNNING when the driver died) is recognised by its run directory and not trained again: its row is
+    kept (or written, when the run finished but its row was not) and its final metrics are reported.
+    """
+    t_enter, t0 = time.time(), time.perf_counter()
     import ray.tune
 
-    from hashbench.platform.sweep.session import TuneSession
+    from hashbench.platform.sweep.session import TuneSession, for_tune
     from hashbench.platform.training import fit, run_training
 
+    import_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     trial_id = ray.tune.get_context().get_trial_id()
     hp = dict(hp)
     study = studies[hp.pop(STUDY_KEY, default_key)]
     seed = hp.pop(SEED_KEY, None)
     tcfg = train_config(cfg, study, hp, seed=seed, run_name=run_name(sweep_id, trial_id), gpus=gpus)
+    config_s = time.perf_counter() - t0
+    done = finished_run(tcfg.run_dir, leaderboard, sweep_id=sweep_id, trial_id=trial_id, role=role)
+    if done is not None:
+        ray.tune.report(for_tune({**final_metrics(done), "adopted": True}))
+        return
     started = now_iso()
+
+    def write_rows(result) -> dict:
+        t = time.perf_counter()
+        for row in rows_from_result(result, sweep_id=sweep_id, trial_id=trial_id, role=role,
+                                    started_at=getattr(result, "started_at", None) or started):
+            append_row(leaderboard, row)  # the method's own readout, then one row per extra readout
+        # the phase times of this trial, for the final report (benchmarks/bench_trial.py)
+        timings = {f"phase_{k}": float(v) for k, v in (getattr(result, "timings", None) or {}).items()
+                   if isinstance(v, (int, float))}
+        return {**timings, "phase_row_s": time.perf_counter() - t, "phase_import_s": import_s,
+                "phase_config_s": config_s, "t_enter": t_enter}
+
     if tcfg.workers == 1:
-        result = fit(tcfg, TuneSession(tcfg.device))
+        fit(tcfg, TuneSession(tcfg.device, checkpoint_interval_s=cfg.checkpoint_interval_s, on_result=write_rows))
     else:
         from hashbench.platform.sweep.session import tune_report_callback
 
-        result = run_training(tcfg, callbacks=[tune_report_callback()])
-    for row in rows_from_result(result, sweep_id=sweep_id, trial_id=trial_id, role=role, started_at=started):
-        append_row(leaderboard, row)  # the method's own readout, then one row per extra readout
+        write_rows(run_training(tcfg, callbacks=[tune_report_callback()]))
+
+
+def final_metrics(result) -> dict:
+    """The scalar metrics of a finished run's final report (what Tune, Optuna and the progress see)."""
+    out = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    return {**out, "epoch": int(result.epochs_run) - 1, "done": True, "best_epoch": int(result.best_epoch)}
+
+
+def trial_row_ids(leaderboard: str, sweep_id: str) -> set:
+    """The trial ids of ``sweep_id`` that have a row in ``leaderboard`` (any file layout: also after a
+    compaction merged the one-row files)."""
+    import polars as pl
+
+    if not os.path.isdir(leaderboard):
+        return set()
+    df = read_leaderboard(leaderboard)
+    if df.height == 0:
+        return set()
+    return set(df.filter(pl.col("sweep_id") == sweep_id)["trial_id"].to_list())
+
+
+def _has_row(leaderboard: str, sweep_id: str, trial_id: str) -> bool:
+    if os.path.exists(row_path(leaderboard, {"sweep_id": sweep_id, "trial_id": trial_id})):
+        return True
+    return trial_id in trial_row_ids(leaderboard, sweep_id)
+
+
+def finished_run(run_dir: str, leaderboard: str, *, sweep_id: str, trial_id: str, role: str):
+    """The :class:`RunResult` of a run that already finished (its ``metrics.json`` exists), with its
+    leaderboard row(s) written if they were missing; None for a run that has not finished.
+
+    A row written here keeps the run's own times: ``started_at`` as the run recorded it (else its
+    ``metrics.json`` time less its total time), ``finished_at`` when ``metrics.json`` was written.
+    """
+    from hashbench.platform.training import RunResult
+
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    result = RunResult.load(run_dir)
+    if not _has_row(leaderboard, sweep_id, trial_id):
+        mtime = os.path.getmtime(path)
+        started = result.started_at or datetime.fromtimestamp(
+            mtime - float(result.timings.get("total_s") or 0.0), timezone.utc).isoformat(timespec="seconds")
+        finished = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="seconds")
+        for row in rows_from_result(result, sweep_id=sweep_id, trial_id=trial_id, role=role, started_at=started,
+                                    finished_at=finished):
+            append_row(leaderboard, row)
+    return result
+
+
+class LastEpochASHA(ASHAScheduler):
+    """ASHA that never ends a trial on the report of its last training epoch nor on its final report.
+
+    The loop marks the report of a run's last epoch (``last_epoch``: all epochs done, or early
+    stopping); the test evaluation follows it at once, so a trial that trained to its end is always
+    tested. Rungs are placed strictly below the study's epochs (see :func:`make_scheduler`); this guard
+    also covers a rung missed while the driver was down (a resumed sweep) and patience-stopped runs.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if result.get("last_epoch") or result.get("finished"):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+def make_scheduler(cfg: SweepConfig, epochs: int) -> Optional[ASHAScheduler]:
+    """ASHA for a searched study of ``epochs`` epochs, or None when it could never stop a trial early.
+
+    Its time unit is Tune's ``training_iteration`` (one per epoch report); rungs at
+    ``grace_period * reduction_factor**k`` epochs, all below ``epochs`` (``max_t = epochs - 1``): a rung
+    at the last epoch would stop a trial that has finished training before its test evaluation.
+    """
+    if not cfg.asha or epochs - 1 < cfg.asha["grace_period"]:
+        return None
+    return LastEpochASHA(time_attr="training_iteration", max_t=epochs - 1, grace_period=cfg.asha["grace_period"],
+                         reduction_factor=cfg.asha["reduction_factor"], stop_last_trials=False)
 
 
 class Progress(Callback):
-    """A Tune callback printing one line per epoch and per finished trial (``emit`` must pickle)."""
+    """A Tune callback printing one line per epoch and per finished trial (``emit`` must pickle).
 
-    def __init__(self, emit: Callable[[str], None], label: str, total: int, two_stage: frozenset = frozenset()):
-        self.emit, self.label, self.total, self.done = emit, label, total, 0
+    Each finished trial's line tells trials done / running / queued of the experiment and the rate so
+    far in trials per hour.
+    """
+
+    def __init__(self, emit: Callable[[str], None], label: str, total: int, done: int = 0,
+                 two_stage: frozenset = frozenset()):
+        self.emit, self.label, self.total, self.done = emit, label, total, done
         self.two_stage = two_stage  # study keys whose per-epoch val mAP is the proxy's, before the hash fit
+        self.t0, self.finished_here = time.time(), 0
 
     def _name(self, trial) -> str:
         return f"[{trial.config.get(STUDY_KEY, self.label)}] trial {trial.trial_id}"
 
+    def _counts(self, trials, ended) -> str:
+        running = sum(1 for t in trials if t.status == "RUNNING" and t is not ended)
+        queued = max(0, self.total - self.done - running)
+        hours = max(time.time() - self.t0, 1e-9) / 3600
+        return (f"{self.done}/{self.total} done, {running} running, {queued} queued, "
+                f"{self.finished_here / hours:.0f} trials/h")
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "test_mAP@100" not in result:
+        if "test_mAP@100" not in result and not result.get("finished"):
             proxy = trial.config.get(STUDY_KEY, self.label) in self.two_stage
             self.emit(f"  {self._name(trial)} epoch {result.get('epoch')}: "
                       f"{'proxy (before the hash fit) ' if proxy else ''}"
@@ -219,16 +335,51 @@ class Progress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
+        self.finished_here += 1
         last = trial.last_result or {}
         test, val = last.get("test_mAP@100"), last.get(METRIC)
         # the final report's val mAP: for two-stage methods (itq, lsh, ...) that of the fitted hash function
         what = (f"val mAP@100 {val:.4f}, test mAP@100 {test:.4f}" if test is not None and val is not None
                 else f"test mAP@100 {test:.4f}" if test is not None else "stopped early")
-        self.emit(f"  {self._name(trial)} done ({self.done}/{self.total}): {what}")
+        if last.get("adopted"):
+            what += " (finished before the resume: kept)"
+        self.emit(f"  {self._name(trial)} {what} | {self._counts(trials, trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
-        self.emit(f"  {self._name(trial)} FAILED ({self.done}/{self.total}); see {trial.path}")
+        self.finished_here += 1
+        self.emit(f"  {self._name(trial)} FAILED; see {trial.path} | {self._counts(trials, trial)}")
+
+
+class CheckpointCleaner(Callback):
+    """Removes a trial's checkpoints once it has ended for good (completed or stopped): nothing resumes
+    it, its row is written and its run directory holds its model and codes. Failed trials keep theirs
+    (``--resume`` retries them from there). Also removes a multi-worker trial's Ray Train storage."""
+
+    def __init__(self, out_dir: str, sweep_id: str):
+        self.out_dir, self.sweep_id = out_dir, sweep_id
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        remove_checkpoints(trial.path)
+        train_storage = os.path.join(self.out_dir, "_ray", run_name(self.sweep_id, trial.trial_id))
+        if os.path.isdir(train_storage):
+            shutil.rmtree(train_storage, ignore_errors=True)
+
+
+def remove_checkpoints(trial_path: Optional[str]) -> None:
+    """Delete the ``checkpoint_*`` directories of one Tune trial directory (a path or a URI)."""
+    import pyarrow.fs
+
+    if not trial_path:
+        return
+    try:
+        fs, path = _fs(trial_path)
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+        for info in infos:
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                fs.delete_dir(info.path)
+    except Exception:  # noqa: BLE001 - cleaning is best effort; the sweep's result does not depend on it
+        pass
 
 
 # --- filling in rows the trials could not write --------------------------------------------------------
@@ -239,19 +390,26 @@ def _load_run_result(tcfg, checkpoint):
     path = os.path.join(tcfg.run_dir, "metrics.json")
     if os.path.isfile(path):
         return RunResult.load(tcfg.run_dir)
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            if os.path.isfile(os.path.join(d, "metrics.json")):
-                with open(os.path.join(d, "metrics.json")) as f:
-                    return RunResult(run_dir=tcfg.run_dir, **json.load(f))
+    if checkpoint is not None:  # a multi-worker run whose rank 0 ran on another node
+        try:
+            with checkpoint.as_directory() as d:
+                if os.path.isfile(os.path.join(d, "metrics.json")):
+                    with open(os.path.join(d, "metrics.json")) as f:
+                        return RunResult(run_dir=tcfg.run_dir, **json.load(f))
+        except (OSError, FileNotFoundError):  # removed with the trial's checkpoints
+            pass
     return None
 
 
 def _fill_rows(grid, *, cfg: SweepConfig, studies: dict, default_key: Optional[str], sweep_id: str,
                leaderboard: str, gpus: float, role: str) -> dict:
-    """Write the row of every trial of ``grid`` that has none; count trials by status."""
+    """Write the row of every trial of ``grid`` that has none; count trials by status (and list their ids
+    under ``"trial_ids"``)."""
     counts = {"completed": 0, "stopped": 0, "error": 0}
+    have = trial_row_ids(leaderboard, sweep_id)
+    ids = []
     for trial, result in zip(grid._experiment_analysis.trials, grid):
+        ids.append(trial.trial_id)
         hp = dict(trial.config)
         study = studies[hp.pop(STUDY_KEY, default_key)]
         seed = hp.pop(SEED_KEY, None)
@@ -270,8 +428,7 @@ def _fill_rows(grid, *, cfg: SweepConfig, studies: dict, default_key: Optional[s
                    "metrics": {METRIC: best} if best is not None else {}, "protocol": {},
                    "epochs_run": int(last.get("epoch", -1)) + 1, "device": ""}
         counts[status] += 1
-        probe = {"sweep_id": sweep_id, "trial_id": trial.trial_id}
-        if os.path.exists(row_path(leaderboard, probe)):
+        if trial.trial_id in have:
             continue
         started = None
         if "timestamp" in last and "time_total_s" in last:
@@ -280,7 +437,81 @@ def _fill_rows(grid, *, cfg: SweepConfig, studies: dict, default_key: Optional[s
         for row in rows_from_result(run, sweep_id=sweep_id, trial_id=trial.trial_id, status=status, role=role,
                                     started_at=started):
             append_row(leaderboard, row)
-    return counts
+    return {**counts, "trial_ids": ids}
+
+
+# --- after the experiments: forgotten trials, disk ------------------------------------------------------
+
+_TRIAL_ID = re.compile(r"^[0-9a-f]+(_[0-9]+)?$")  # Tune trial ids: <hex> or <experiment hex>_<index>
+
+
+def _sweep_run_dirs(out_dir: str, sweep_id: str) -> dict:
+    """``{trial id: run directory}`` of this sweep's trials under ``out_dir`` (``<sweep>-<trial id>``)."""
+    if "://" in out_dir or not os.path.isdir(out_dir):
+        return {}
+    prefix = f"{sweep_id}-"
+    out = {}
+    for name in os.listdir(out_dir):
+        tid = name[len(prefix):] if name.startswith(prefix) else ""
+        if _TRIAL_ID.match(tid) and os.path.isdir(os.path.join(out_dir, name)):
+            out[tid] = os.path.join(out_dir, name)
+    return out
+
+
+def forgotten_runs(cfg: SweepConfig, sweep_id: str, known: set) -> tuple:
+    """Run directories of trials that no experiment of the sweep knows any more (the driver died before
+    Tune saved the trial; on ``--resume`` Tune ran the budget again under new trial ids).
+
+    A finished one (``metrics.json``) is a real, tested result: its row is written (one that has a row
+    already is left alone). An unfinished one is removed, so no run directory is left without a row. Returns the
+    trial ids ``(recorded, removed)``.
+    """
+    recorded, removed = [], []
+    runs = _sweep_run_dirs(cfg.out_dir, sweep_id)
+    have = trial_row_ids(cfg.leaderboard, sweep_id) if set(runs) - known else set()
+    for tid, path in sorted(runs.items()):
+        if tid in known or tid in have:  # Tune's, or recorded already (e.g. a seeds experiment not run now)
+            continue
+        role = "trial"
+        try:
+            with open(os.path.join(path, "config.json")) as f:
+                role = "seed" if int(json.load(f).get("seed", cfg.seed)) != cfg.seed else "trial"
+        except (OSError, ValueError, TypeError):
+            pass
+        if finished_run(path, cfg.leaderboard, sweep_id=sweep_id, trial_id=tid, role=role) is not None:
+            recorded.append(tid)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(tid)
+    return recorded, removed
+
+
+def _du(path: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def disk_use(root: str, out_dir: str, sweep_id: str, leaderboard: str) -> Optional[dict]:
+    """Bytes the sweep leaves on local disk: its Tune state, its run directories, the leaderboard
+    directory (None where the storage is a URI)."""
+    if "://" in root:
+        return None
+    return {"tune": _du(root), "runs": sum(_du(p) for p in _sweep_run_dirs(out_dir, sweep_id).values()),
+            "leaderboard": _du(leaderboard)}
+
+
+def format_disk(disk: Optional[dict]) -> str:
+    if not disk:
+        return "disk use: not measured (remote storage)"
+    mb = {k: v / 1e6 for k, v in disk.items()}
+    return (f"disk use: {sum(mb.values()):.1f} MB (Tune state {mb['tune']:.1f} MB, run directories "
+            f"{mb['runs']:.1f} MB, leaderboard {mb['leaderboard']:.1f} MB)")
 
 
 # --- the driver ----------------------------------------------------------------------------------------
@@ -293,6 +524,7 @@ class SweepSummary:
     trials: int
     counts: dict
     wall_s: float
+    disk: Optional[dict] = None  # bytes: tune (sweep state), runs (this sweep's run directories), leaderboard
 
 
 def _sampler_seed(cfg: SweepConfig, key: str) -> int:
@@ -301,7 +533,8 @@ def _sampler_seed(cfg: SweepConfig, key: str) -> int:
 
 def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, default_key: Optional[str],
                     param_space: dict, num_samples: int, searched: Optional[Study], plan: Plan,
-                    sweep_id: str, leaderboard: str, role: str, resume: bool, emit) -> dict:
+                    sweep_id: str, leaderboard: str, role: str, resume: bool, emit,
+                    callbacks: Optional[list] = None) -> dict:
     from ray import tune
 
     common = dict(cfg=cfg, studies=studies, default_key=default_key, sweep_id=sweep_id,
@@ -313,7 +546,9 @@ def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, de
 
     two_stage = frozenset(k for k, st in studies.items() if get_method(st.method).finalize is not None)
     progress = Progress(emit, default_key or name, total, two_stage=two_stage)
-    run_config = tune.RunConfig(name=name, storage_path=root, verbose=0, callbacks=[progress],
+    cleaner = CheckpointCleaner(cfg.out_dir, sweep_id)
+    run_config = tune.RunConfig(name=name, storage_path=root, verbose=0,
+                                callbacks=[progress, cleaner, *(callbacks or [])],
                                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if resume and tune.Tuner.can_restore(path):
@@ -326,12 +561,7 @@ def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, de
             from ray.tune.search.optuna import OptunaSearch
 
             searcher = OptunaSearch(sampler=TPESampler(seed=_sampler_seed(cfg, searched.key)))
-            if cfg.asha:
-                from ray.tune.schedulers import ASHAScheduler
-
-                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(searched.epochs, 1),
-                                          grace_period=min(cfg.asha["grace_period"], searched.epochs),
-                                          reduction_factor=cfg.asha["reduction_factor"], stop_last_trials=False)
+            scheduler = make_scheduler(cfg, searched.epochs)
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
@@ -382,8 +612,11 @@ def _missing_dirs(paths: list) -> list:
 
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] = None,
               storage: Optional[str] = None, seeds: Optional[int] = None, leaderboard: Optional[str] = None,
-              emit: Callable[[str], None] = print) -> SweepSummary:
-    """Run (or with ``resume`` continue) the sweep ``cfg``; every finished trial becomes one row."""
+              emit: Callable[[str], None] = print, callbacks: Optional[list] = None) -> SweepSummary:
+    """Run (or with ``resume`` continue) the sweep ``cfg``; every finished trial becomes one row.
+
+    ``callbacks``: extra Tune callbacks for every experiment (benchmarks/bench_trial.py).
+    """
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -425,7 +658,8 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
     studies = {s.key: s for s in cfg.studies}
     counts = {"completed": 0, "stopped": 0, "error": 0}
     common = dict(cfg=cfg, plan=plan, sweep_id=sweep_id, leaderboard=cfg.leaderboard, resume=resume, emit=emit,
-                  studies=studies)
+                  studies=studies, callbacks=callbacks)
+    known: set = set()  # every trial id Tune knows in this sweep's experiments
 
     fixed = [s for s in cfg.studies if s.trials == 1]
     if fixed:
@@ -435,11 +669,13 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
                             param_space={STUDY_KEY: tune.grid_search([s.key for s in fixed])}, role="trial",
                             **common)
         counts = {k: counts[k] + c[k] for k in counts}
+        known.update(c["trial_ids"])
     for study in (s for s in cfg.studies if s.trials > 1):
         c = _run_experiment(study.key, root, default_key=study.key, num_samples=study.trials,
                             param_space={n: d.to_tune() for n, d in study.search.items()}, searched=study,
                             role="trial", **common)
         counts = {k: counts[k] + c[k] for k in counts}
+        known.update(c["trial_ids"])
 
     if cfg.seeds > 0:
         from ray import tune
@@ -458,10 +694,17 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
             c = _run_experiment("seeds", root, **{**common, "studies": seed_studies}, default_key=None,
                                 num_samples=1, searched=None, param_space=space, role="seed")
             counts = {k: counts[k] + c[k] for k in counts}
+            known.update(c["trial_ids"])
+    recorded, removed = forgotten_runs(cfg, sweep_id, known)
+    if recorded or removed:
+        emit(f"[resume] run directories of trials Tune had forgotten: {len(recorded)} finished (row written), "
+             f"{len(removed)} unfinished (removed)")
+    counts["completed"] += len(recorded)
     total = sum(counts.values())
     # the trials' one-row files merged into one (fast reads at sweep scale; safe beside other writers,
     # never fails the sweep): hashbench.platform.leaderboard_store, docs/leaderboard.md
     from hashbench.platform.leaderboard import compact_quietly
 
     compact_quietly(cfg.leaderboard, emit)
-    return SweepSummary(sweep_id, root, cfg.leaderboard, total, counts, time.perf_counter() - t0)
+    disk = disk_use(root, cfg.out_dir, sweep_id, cfg.leaderboard)
+    return SweepSummary(sweep_id, root, cfg.leaderboard, total, counts, time.perf_counter() - t0, disk)

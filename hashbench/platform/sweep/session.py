@@ -7,7 +7,8 @@ go to Tune; a restored trial resumes from its last checkpoint.
 
 from __future__ import annotations
 
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 from hashbench.platform.training.session import Session, default_device
 
@@ -30,12 +31,34 @@ def tune_report_callback():
 
 
 class TuneSession(Session):
-    """Rank 0 of 1 on the device Ray gave this trial (its GPU share, else the CPU)."""
+    """Rank 0 of 1 on the device Ray gave this trial (its GPU share, else the CPU).
 
-    def __init__(self, device: Optional[str] = None):
+    Checkpoints hold only what a resume needs (model, loss, optimizer, scheduler, loop state) and are
+    written at most every ``checkpoint_interval_s`` seconds (0: after every epoch), never for the last
+    epoch: the test evaluation follows at once, and a trial killed there resumes from its newest
+    checkpoint (or starts again). The final report carries no checkpoint: the run directory holds the
+    run's files and ``on_result(result)`` (the sweep trial writing its leaderboard row) runs before it.
+    """
+
+    final_checkpoint = False
+
+    def __init__(self, device: Optional[str] = None, checkpoint_interval_s: float = 0.0,
+                 on_result: Optional[Callable] = None):
         self.device = default_device(device)
         self._restored: Optional[str] = None
         self.reports: list = []
+        self.checkpoint_interval_s = float(checkpoint_interval_s)
+        self._on_result = on_result
+        self._since = time.perf_counter()
+
+    def wants_checkpoint(self, epoch: int, last: bool) -> bool:
+        if last or time.perf_counter() - self._since < self.checkpoint_interval_s:
+            return False
+        self._since = time.perf_counter()
+        return True
+
+    def on_result(self, result) -> Optional[dict]:
+        return self._on_result(result) if self._on_result is not None else None
 
     def report(self, metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
         import ray.tune

@@ -20,6 +20,7 @@ graphs advance on every replay; the loop seeds it at each epoch.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
@@ -57,6 +58,7 @@ class GraphedStep:
         self.warmed = 0
         self.failed = None          # the capture error, once capture failed
         self.captures = 0
+        self.capture_s = 0.0        # wall time spent capturing (benchmarks/bench_trial.py)
         make_capturable(optimizer, device)
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
@@ -84,6 +86,13 @@ class GraphedStep:
         return out
 
     def _capture(self, rows: torch.Tensor, lrs: list) -> bool:
+        t0 = time.perf_counter()
+        try:
+            return self._capture_graph(rows, lrs)
+        finally:
+            self.capture_s += time.perf_counter() - t0
+
+    def _capture_graph(self, rows: torch.Tensor, lrs: list) -> bool:
         self.graph, self.out = None, None
         self.static_rows = rows.clone()
         self.optimizer.zero_grad(set_to_none=True)   # backward allocates the grads in the graph's pool

@@ -79,6 +79,33 @@ class RunResult:
         return cls(**d)
 
 
+def _now_iso() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+#: prepared splits already on a device, per process: ``(fingerprint, path, split, device, masks) -> SplitData``.
+#: A warm trial process (Tune reuses actors) trains trial after trial on the same data; it loads and
+#: transfers each split once. Splits are never modified in place (batches are new tensors).
+_SPLITS: dict = {}
+CACHED_DATASETS = 2  # distinct stores kept per process (oldest dropped first)
+
+
+def cached_split(ds, split: str, device, masks: bool = False) -> SplitData:
+    """``SplitData.from_store(ds, split, device, masks)``, once per process and store fingerprint."""
+    key = (ds.fingerprint, str(ds.path), split, str(torch.device(device)), bool(masks))
+    hit = _SPLITS.pop(key, None)
+    if hit is None:
+        hit = SplitData.from_store(ds, split, device, masks=masks)
+        stores = list(dict.fromkeys(k[:2] for k in _SPLITS))
+        if key[:2] not in stores and len(stores) >= CACHED_DATASETS:
+            for k in [k for k in _SPLITS if k[:2] == stores[0]]:
+                del _SPLITS[k]
+    _SPLITS[key] = hit  # most recently used last
+    return hit
+
+
 def _seed_for(*parts: int) -> int:
     """A 63-bit seed mixed from integers (run seed, epoch, rank, stream)."""
     h = 0x9E3779B97F4A7C15
@@ -100,19 +127,23 @@ def _to_codes(z: torch.Tensor, code_type: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_split(model, split: SplitData, batch_size: int, code_type: str, autocast: bool) -> torch.Tensor:
-    """Codes of every item of ``split`` (model in eval mode), on the CPU."""
+def encode_split(model, split: SplitData, batch_size: int, code_type: str, autocast: bool,
+                 on_device: bool = False) -> torch.Tensor:
+    """Codes of every item of ``split`` (model in eval mode), on the CPU (``on_device``: where the
+    model runs, with no host round trip but the one finiteness check at the end)."""
     was = model.training
     model.eval()
-    out = []
+    out, finite = [], []
     for b in split.iter_batches(batch_size):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            z = model.encode(b.images)
-        if not torch.isfinite(z).all():
-            raise HashbenchError("the model produced NaN or infinite codes while encoding")
-        out.append(_to_codes(z.float(), code_type).cpu())
+            z = model.encode(b.images).float()
+        finite.append(torch.isfinite(z).all())
+        out.append(_to_codes(z, code_type))
     model.train(was)
-    return torch.cat(out)
+    if not bool(torch.stack(finite).all()):
+        raise HashbenchError("the model produced NaN or infinite codes while encoding")
+    codes = torch.cat(out)
+    return codes if on_device else codes.cpu()
 
 
 def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_label: bool,
@@ -120,11 +151,12 @@ def _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_
     """``evaluate`` with the method's distance; labels as class ids for single-label data."""
     from hashbench.platform.evaluation import evaluate
 
-    q_codes, db_codes = q_codes.numpy(), db_codes.numpy()
     if multi_label:
-        q_labels, db_labels = q_labels.numpy().astype(np.uint8), db_labels.numpy().astype(np.uint8)
+        q_labels, db_labels = q_labels.to(torch.uint8), db_labels.to(torch.uint8)
     else:
-        q_labels, db_labels = q_labels.argmax(1).numpy(), db_labels.argmax(1).numpy()
+        q_labels, db_labels = q_labels.argmax(1), db_labels.argmax(1)
+    if device.type != "cuda":  # CPU engines take numpy; on a GPU the tensors stay where they are
+        q_codes, db_codes, q_labels, db_labels = (t.cpu().numpy() for t in (q_codes, db_codes, q_labels, db_labels))
     return evaluate(q_codes, db_codes, q_labels, db_labels, distance=distance or method.distance, ks=ks,
                     device=str(device) if device.type == "cuda" else None, **kw)
 
@@ -263,6 +295,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     use_amp = device.type == "cuda"
     if use_amp:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    ph = {"setup_s": time.perf_counter() - t_start}  # phase times (timings, benchmarks/bench_trial.py)
+    t_ph = time.perf_counter()
     ds = load_dataset(cfg.dataset_path or cfg.dataset)
     if ds.fingerprint != cfg.dataset_fingerprint:
         raise HashbenchError(f"dataset {cfg.dataset!r} changed since the run was configured "
@@ -270,18 +304,24 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     ctx = ModelContext(in_channels=ds.channels, image_size=ds.image_size, num_classes=ds.num_classes,
                        bits=cfg.bits, multi_label=ds.multi_label, mask_classes=ds.mask_classes or 2)
 
+    train = cached_split(ds, "train", device, masks=method.requires.masks)
+    val = cached_split(ds, "val", device) if rank == 0 else None
+    _sync(device)
+    ph["load_s"] = time.perf_counter() - t_ph
+
+    t_ph = time.perf_counter()
     torch.manual_seed(_seed_for(cfg.seed, 0xC0DE))
     model = method.build_model(ctx, hp).to(device)
     loss_fn = method.build_loss(ctx, hp).to(device)
     optimizer = method.build_optimizer(model.parameters(), hp)
     scheduler = method.build_scheduler(optimizer, hp) if method.build_scheduler else None
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-
-    train = SplitData.from_store(ds, "train", device, masks=method.requires.masks)
-    val = SplitData.from_store(ds, "val", device) if rank == 0 else None
+    _sync(device)
+    ph["build_s"] = time.perf_counter() - t_ph
 
     st = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "best_state": None,
-          "times": {"train_s": 0.0, "val_s": 0.0}, "images": 0, "stopped_early": False}
+          "times": {"train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0, "elapsed_s": 0.0}, "images": 0,
+          "stopped_early": False, "started_at": _now_iso()}
     resumed_from = None
     ckpt = session.get_checkpoint_dir()
     if ckpt:
@@ -292,7 +332,11 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler"])
         st = saved["state"]
+        st.setdefault("started_at", None)
+        for key in ("checkpoint_s", "elapsed_s"):
+            st["times"].setdefault(key, 0.0)
         resumed_from = st["epoch"]
+    elapsed_before = st["times"]["elapsed_s"]  # wall time of earlier attempts, up to their last checkpoint
 
     if rank == 0:
         os.makedirs(cfg.run_dir, exist_ok=True)
@@ -327,6 +371,9 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
 
     stepper = GraphedStep(run_step, optimizer, device) if graphed else None
 
+    # the continuous codes of the database and val splits at the best and at the last epoch (rank 0): the
+    # final phase reuses those of the weights it evaluates instead of encoding the database again
+    best_z = last_z = None
     epochs = cfg.epochs
     while st["epoch"] < epochs and not st["stopped_early"]:
         epoch = st["epoch"]
@@ -371,9 +418,11 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         model.eval()  # on every rank: models may count epochs by their train()/eval() switches
         val_map = torch.zeros((), dtype=torch.float64, device=device)
         if rank == 0:
-            q = encode_split(model, val, cfg.eval_batch_size, method.code_type, use_amp)
-            db = encode_split(model, train, cfg.eval_batch_size, method.code_type, use_amp)
-            res = _evaluate(q, db, val.labels.cpu(), train.labels.cpu(), method, (100,), device, ds.multi_label)
+            val_z = encode_split(model, val, cfg.eval_batch_size, "float", use_amp, on_device=True)
+            db_z = encode_split(model, train, cfg.eval_batch_size, "float", use_amp, on_device=True)
+            q, db = _to_codes(val_z, method.code_type), _to_codes(db_z, method.code_type)
+            res = _evaluate(q, db, val.labels, train.labels, method, (100,), device, ds.multi_label)
+            last_z = {"epoch": epoch, "db": db_z, "val": val_z}
             val_map.fill_(float(res["mAP@100"]))
         if distributed:
             dist.broadcast(val_map, src=0)
@@ -383,6 +432,7 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         if scheduler is not None:
             scheduler.step(vmap) if plateau else scheduler.step()
         if vmap > st["best"]:
+            best_z = last_z
             st["best"], st["best_epoch"], st["bad_epochs"] = vmap, epoch, 0
             st["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
@@ -396,7 +446,14 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
             row["cuda_graph"] = stepper.failed is None and stepper.captures > 0
         st["history"].append(row)
         st["epoch"] = epoch + 1
-        _report(session, rank, row, model, loss_fn, optimizer, scheduler, st, files=None)
+        # the last epoch of this run (all epochs, or early stopping): the test evaluation follows at once.
+        # A scheduler (the sweep's ASHA) must never end a trial on this report (docs/sweeps.md).
+        last = st["epoch"] >= epochs or st["stopped_early"]
+        st["times"]["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
+        t_ck = time.perf_counter()
+        _report(session, rank, {**row, "last_epoch": last}, model, loss_fn, optimizer, scheduler, st, files=None,
+                checkpoint=session.wants_checkpoint(epoch, last))
+        st["times"]["checkpoint_s"] += time.perf_counter() - t_ck  # the report (and checkpoint, if one)
 
     # --- final phase: best (or last) weights, finalize, encode, evaluate every readout, save ------------
     if st["best_state"] is not None and cfg.restore_best:
@@ -404,16 +461,21 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     result = None
     final = {"epoch": st["epoch"] - 1, "done": True}
     files = None
+    t_final = time.perf_counter()
     if rank == 0:
         if method.finalize is not None:
             model.eval()
             method.finalize(model, train.iter_batches(cfg.batch_size), hp)
         _sync(device)
         t2 = time.perf_counter()
-        test = SplitData.from_store(ds, "test", device)
+        test = cached_split(ds, "test", device)
         primary = method.primary_readout
         # continuous codes once; every readout (sign / float) is taken from them
-        db_z = encode_split(model, train, cfg.eval_batch_size, "float", use_amp)
+        reuse = best_z if cfg.restore_best else last_z  # codes of exactly these weights, when this run has them
+        if reuse is None or method.finalize is not None or reuse["epoch"] != (
+                st["best_epoch"] if cfg.restore_best else st["epoch"] - 1):
+            reuse = None
+        db_z = reuse["db"].cpu() if reuse else encode_split(model, train, cfg.eval_batch_size, "float", use_amp)
         q_z = encode_split(model, test, cfg.eval_batch_size, "float", use_amp)
         db_codes, q_codes = readout_codes(db_z, primary), readout_codes(q_z, primary)
         encode_s = time.perf_counter() - t2
@@ -427,7 +489,7 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         metrics = {"val_mAP@100": st["best"] if cfg.restore_best else last_val}
         val_z = None
         if method.finalize is not None or method.readouts:
-            val_z = encode_split(model, val, cfg.eval_batch_size, "float", use_amp)
+            val_z = reuse["val"].cpu() if reuse else encode_split(model, val, cfg.eval_batch_size, "float", use_amp)
         if method.finalize is not None:  # two-stage: select on the fitted hash function, not the proxy
             res_v = _evaluate(readout_codes(val_z, primary), db_codes, val.labels.cpu(), db_labels, method, (100,),
                               device, ds.multi_label)
@@ -446,7 +508,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         protocol["restore_best"] = cfg.restore_best
         protocol["protocol"] = cfg.protocol
         timings = {"train_s": st["times"]["train_s"], "val_s": st["times"]["val_s"], "encode_s": encode_s,
-                   "eval_s": eval_s, "total_s": 0.0}
+                   "eval_s": eval_s, "total_s": 0.0, **ph, "checkpoint_s": st["times"]["checkpoint_s"],
+                   "graph_capture_s": stepper.capture_s if stepper is not None else 0.0}
         n_enc = len(train) + len(test)
         throughput = {"train_images_per_s": st["images"] / max(st["times"]["train_s"], 1e-9),
                       "encode_images_per_s": n_enc / max(encode_s, 1e-9),
@@ -456,24 +519,30 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
             run_id=cfg.run_id, run_dir=cfg.run_dir, config=cfg.to_dict(), metrics=metrics, protocol=protocol,
             timings=timings, throughput=throughput, device=f"{world}x {dev_name}", epochs_run=st["epoch"],
             history=st["history"], best_epoch=st["best_epoch"] if cfg.restore_best else st["epoch"] - 1,
-            resumed_from=resumed_from, readouts=readouts)
+            resumed_from=resumed_from, readouts=readouts, started_at=st.get("started_at"))
         codes = {"query_codes": q_codes.numpy(), "db_codes": db_codes.numpy(),
                  "query_labels": test.labels.cpu().numpy().astype(np.uint8),
                  "db_labels": train.labels.cpu().numpy().astype(np.uint8),
                  "query_index": test.index.cpu().numpy(), "db_index": train.index.cpu().numpy(),
                  "bits": np.int64(cfg.bits), "code_type": np.str_(method.code_type),
                  "distance": np.str_(method.distance)}
-        timings["total_s"] = time.perf_counter() - t_start
+        timings["final_s"] = time.perf_counter() - t_final  # finalize, encode, evaluate (every readout)
+        t_ph = time.perf_counter()
         files = {"codes.npz": _npz_bytes(**codes),
                  "model.pt": _torch_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()}),
                  "config.json": (json.dumps(cfg.to_dict(), indent=2) + "\n").encode()}
         for name, data in files.items():
             _atomic_write_bytes(os.path.join(cfg.run_dir, name), data)
+        timings["write_s"] = time.perf_counter() - t_ph  # the run directory's files
+        # every attempt's time (earlier ones up to their last checkpoint): never below train_s on a resume
+        timings["total_s"] = elapsed_before + time.perf_counter() - t_start
         _atomic_json(os.path.join(cfg.run_dir, "metrics.json"), _result_json(result))  # last: marks done
         files["metrics.json"] = (json.dumps(_result_json(result), indent=2, default=str) + "\n").encode()
-        final.update(metrics)
+        final.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})  # scalars: no curves
         final["best_epoch"] = st["best_epoch"]
-    _report(session, rank, final, model, loss_fn, optimizer, scheduler, st, files=files)
+        final.update(session.on_result(result) or {})  # e.g. the sweep trial writes its leaderboard row here
+    _report(session, rank, final, model, loss_fn, optimizer, scheduler, st, files=files,
+            checkpoint=session.final_checkpoint)
     return result
 
 
@@ -483,9 +552,10 @@ def _result_json(result: RunResult) -> dict:
     return d
 
 
-def _report(session, rank, metrics, model, loss_fn, optimizer, scheduler, st, files) -> None:
-    """Rank 0 writes a checkpoint directory and reports it; the others report metrics only."""
-    if rank != 0:
+def _report(session, rank, metrics, model, loss_fn, optimizer, scheduler, st, files, checkpoint=True) -> None:
+    """Rank 0 writes a checkpoint directory and reports it (``checkpoint``); the others, or a report
+    the session wants no checkpoint for, report metrics only."""
+    if rank != 0 or not checkpoint:
         session.report(metrics, None)
         return
     tmp = tempfile.mkdtemp(prefix="hashbench-ckpt-")

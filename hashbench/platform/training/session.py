@@ -13,7 +13,8 @@ and checkpoint directory (``report``). Three implementations:
   through ``ray.tune.report`` / ``ray.tune.get_checkpoint``.
 
 To write another, subclass :class:`Session` and implement ``report`` and
-``get_checkpoint_dir``. Contract of ``report(metrics, checkpoint_dir)``:
+``get_checkpoint_dir`` (optionally ``wants_checkpoint``, ``final_checkpoint`` and ``on_result``:
+how often to checkpoint, and a hook on the finished result). Contract of ``report(metrics, checkpoint_dir)``:
 ``metrics`` is a flat dict of numbers; ``checkpoint_dir`` (rank 0 only, else
 None) is a directory that the session must copy or upload before returning —
 the loop deletes it afterwards. Every rank calls ``report`` the same number of
@@ -57,6 +58,19 @@ class Session:
     def get_checkpoint_dir(self) -> Optional[str]:
         """A local directory holding the checkpoint to resume from, or None to start fresh."""
         raise NotImplementedError
+
+    #: whether the final report (after the test evaluation) carries a checkpoint with the run's files
+    final_checkpoint: bool = True
+
+    def wants_checkpoint(self, epoch: int, last: bool) -> bool:
+        """Whether the report of ``epoch`` (``last``: the run's last training epoch) should carry a
+        checkpoint. The loop writes none otherwise: a resume restarts from the newest one written."""
+        return True
+
+    def on_result(self, result) -> Optional[dict]:
+        """Called on rank 0 with the finished :class:`RunResult` just before the final report (the
+        run directory is complete); returns extra metrics for that report, or None."""
+        return None
 
 
 class LocalSession(Session):
