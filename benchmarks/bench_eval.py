@@ -98,7 +98,7 @@ def protocol_table() -> None:
                       f"{res['mAP@100']:.4f} | {res['mAP@1000']:.4f} |")
 
 
-def check(device: str) -> int:
+def check(device: str, nq: int = 300, ndb: int = 30000, settings=None) -> int:
     """The new path against the old one on the device: every convention x tie policy x no-hit
     policy, 8-1024 bits, single- and multi-label, full histograms and thresholded ones."""
     rng = np.random.default_rng(7)
@@ -106,14 +106,15 @@ def check(device: str) -> int:
     print("| bits | labels | queries x db | evaluations | max abs difference | differing keys | fused s | torch s |")
     print("|---|---|---|---|---|---|---|---|")
     bad = 0
-    for bits, multi in [(8, False), (16, True), (64, False), (64, True), (100, False), (1024, False), (1024, True)]:
-        nq, ndb = 300, 30000
+    for bits, multi in settings or [(8, False), (16, True), (64, False), (64, True), (100, False), (1024, False),
+                                    (1024, True)]:
         q = torch.from_numpy(rng.integers(0, 2, (nq, bits)).astype(np.uint8)).to(device)
         db = torch.from_numpy(rng.integers(0, 2, (ndb, bits)).astype(np.uint8)).to(device)
-        db[100:140] = q[0]                                   # exact duplicates: distance 0 ties
+        db[ndb // 300:ndb // 300 + 40] = q[0]                # exact duplicates: distance 0 ties
         if bits >= 64:                                        # near codes so that low levels are populated
-            db[1000:3000] = q[torch.arange(2000, device=device) % nq] ^ (
-                torch.rand(2000, bits, device=device) < 0.1).to(torch.uint8)
+            m = ndb // 15
+            db[m:3 * m] = q[torch.arange(2 * m, device=device) % nq] ^ (
+                torch.rand(2 * m, bits, device=device) < 0.1).to(torch.uint8)
         if multi:
             ql = torch.rand(nq, 24, device=device) < 0.08
             dl = torch.rand(ndb, 24, device=device) < 0.08

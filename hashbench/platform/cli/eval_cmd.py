@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
                    help="AP denominator: relevant items retrieved in the top k (hits), min(k, R), or R")
     p.add_argument("--ties", default="tie-aware", choices=["tie-aware", "index"],
                    help="order inside equal distances: expected over all orders, or database index")
-    p.add_argument("--engine", default="auto", choices=["auto", "torch", "faiss", "faiss-hnsw", "faiss-ivf"])
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "fused", "faiss", "faiss-hnsw", "faiss-ivf"],
+                   help="auto: faiss + numba kernels on CPU, fused Triton kernels on CUDA (docs/metrics.md)")
     p.add_argument("--distance", default=None, choices=["hamming", "l2", "cosine"],
                    help="default: the file's 'distance' entry, else hamming")
     p.add_argument("--exclude-no-hit", action="store_true",

@@ -30,6 +30,7 @@ Importing this module raises ImportError when Triton is missing; the engines the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -103,8 +104,9 @@ def _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW: tl.constexpr
 @triton.jit(do_not_specialize=["nq"])
 def _hist_kernel(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, thr_ptr, hist_ptr, nq, N, TILES: tl.constexpr,
                  W: tl.constexpr, LW: tl.constexpr, MULTI: tl.constexpr, HW: tl.constexpr,
-                 BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr):
-    """``hist[i, 2 * d + rel] += 1`` for every item at distance ``d <= thr[i]`` of query ``i``."""
+                 BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr, REL: tl.constexpr):
+    """``hist[i, 2 * d + rel] += 1`` for every item at distance ``d <= thr[i]`` of query ``i``
+    (``rel`` = 0 without ``REL``: item counts only)."""
     rows = tl.program_id(0) * BQ + tl.arange(0, BQ)
     rmask = rows < nq
     thr = tl.load(thr_ptr + rows, mask=rmask, other=-1)
@@ -114,9 +116,12 @@ def _hist_kernel(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, thr_ptr, hist_ptr, nq, N, TILE
         cols = lo + i * BN + tl.arange(0, BN)
         cmask = cols < N
         d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
-        rel = _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW, MULTI)
         take = (d <= thr[:, None]) & cmask[None, :]
-        tl.atomic_add(hist_ptr + (base[:, None] + 2 * d + rel), 1, mask=take, sem="relaxed")
+        if REL:
+            key = base[:, None] + 2 * d + _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW, MULTI)
+        else:
+            key = base[:, None] + 2 * d
+        tl.atomic_add(hist_ptr + key, 1, mask=take, sem="relaxed")
 
 
 @triton.jit(do_not_specialize=["nq", "L"])
@@ -186,6 +191,10 @@ class FusedHamming:
         self.use_popc = self.device.type == "cuda" and not INTERPRET
         self._sample = None
 
+    def _on_device(self):
+        """Launches go to the GPU that holds the tensors (not the current device)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
     # ---- inputs -------------------------------------------------------------------------------
     def _query_labels(self, ql: torch.Tensor) -> torch.Tensor:
         if self.multi:
@@ -194,15 +203,16 @@ class FusedHamming:
         ids = torch.where(self.classes[pos] == ql, pos, -1)       # a class no item has: never relevant
         return ids.to(torch.int32).reshape(1, -1).contiguous()
 
-    def _launch_hist(self, qw, ql, thr, db_w, db_l):
+    def _launch_hist(self, qw, ql, thr, db_w, db_l, rel: bool = True):
         nq, n = qw.shape[1], db_w.shape[1]
         hw = 2 * (self.bits + 1)
         hist = torch.zeros(nq, hw, dtype=torch.int32, device=self.device)
         chunk = _chunk(n)
         grid = (triton.cdiv(nq, BQ), triton.cdiv(n, chunk))
-        _hist_kernel[grid](qw, db_w, ql, db_l, thr.to(torch.int32).contiguous(), hist, nq, n, chunk // BN,
-                           W=qw.shape[0], LW=ql.shape[0], MULTI=self.multi, HW=hw, BQ=BQ, BN=BN,
-                           USE_POPC=self.use_popc, num_warps=WARPS)
+        with self._on_device():
+            _hist_kernel[grid](qw, db_w, ql, db_l, thr.to(torch.int32).contiguous(), hist, nq, n, chunk // BN,
+                               W=qw.shape[0], LW=ql.shape[0], MULTI=self.multi, HW=hw, BQ=BQ, BN=BN,
+                               USE_POPC=self.use_popc, REL=rel, num_warps=WARPS)
         h = hist.view(nq, self.bits + 1, 2).to(torch.int64)
         return h.sum(2), h[:, :, 1]
 
@@ -220,20 +230,22 @@ class FusedHamming:
         query and up to ``min_level`` (later levels may be 0): enough for every cut-off <= k."""
         return self._thresholded(_pack_words(q01), self._query_labels(ql), k, min_level)
 
-    def _thresholded(self, qw: torch.Tensor, qlw: torch.Tensor, k: int | None, min_level: int = 0):
-        nq = qw.shape[1]
+    def _thresholded(self, qw: torch.Tensor, qlw: torch.Tensor | None, k: int | None, min_level: int = 0):
+        """Histograms of packed queries; ``qlw=None``: item counts only (relevant counts 0)."""
+        nq, rel = qw.shape[1], qlw is not None
+        qlw = qlw if rel else torch.zeros(self.db_l.shape[0], nq, dtype=torch.int32, device=self.device)
         full = torch.full((nq,), self.bits, device=self.device)
         if k is None or k >= self.n or self.n <= SAMPLE or min_level >= self.bits:
-            return self._launch_hist(qw, qlw, full, self.db_w, self.db_l)
-        sn, _ = self._launch_hist(qw, qlw, full, *self._sample_db())
+            return self._launch_hist(qw, qlw, full, self.db_w, self.db_l, rel)
+        sn, _ = self._launch_hist(qw, qlw, full, *self._sample_db(), rel=False)
         target = int(2 * k * SAMPLE / self.n) + 16                      # well above the expected count
         thr = (sn.cumsum(1) < target).sum(1).clamp(min(min_level, self.bits), self.bits)
-        n, r = self._launch_hist(qw, qlw, thr, self.db_w, self.db_l)
+        n, r = self._launch_hist(qw, qlw, thr, self.db_w, self.db_l, rel)
         short = n.sum(1) < k                                            # the guess was too low
         if bool(short.any()):
             rows = short.nonzero()[:, 0]
             n[rows], r[rows] = self._launch_hist(qw[:, rows].contiguous(), qlw[:, rows].contiguous(),
-                                                 full[rows], self.db_w, self.db_l)
+                                                 full[rows], self.db_w, self.db_l, rel)
         return n, r
 
     # ---- top-k ---------------------------------------------------------------------------------
@@ -242,8 +254,7 @@ class FusedHamming:
         k = min(int(k), self.n)
         qw = _pack_words(q01)
         nq = qw.shape[1]
-        no_labels = torch.zeros(self.db_l.shape[0], nq, dtype=torch.int32, device=self.device)
-        n, _ = self._thresholded(qw, no_labels, k)
+        n, _ = self._thresholded(qw, None, k)
         cum = n.cumsum(1)
         t = (cum < k).sum(1).clamp_max(self.bits)                       # the k-th smallest distance
         rows_len = cum.gather(1, t[:, None])[:, 0]                      # #(d <= t) >= k
@@ -256,9 +267,10 @@ class FusedHamming:
             out = torch.full((e - s, L), torch.iinfo(torch.int64).max, dtype=torch.int64, device=self.device)
             cnt = torch.zeros(e - s, dtype=torch.int32, device=self.device)
             grid = (triton.cdiv(e - s, BQ), triton.cdiv(self.n, chunk))
-            _list_kernel[grid](qw[:, s:e].contiguous(), self.db_w, t[s:e].to(torch.int32).contiguous(), cnt,
-                               out, e - s, self.n, chunk // BN, L, W=qw.shape[0], BQ=BQ, BN=BN,
-                               USE_POPC=self.use_popc, num_warps=WARPS)
+            with self._on_device():
+                _list_kernel[grid](qw[:, s:e].contiguous(), self.db_w, t[s:e].to(torch.int32).contiguous(), cnt,
+                                   out, e - s, self.n, chunk // BN, L, W=qw.shape[0], BQ=BQ, BN=BN,
+                                   USE_POPC=self.use_popc, num_warps=WARPS)
             key = torch.sort(out, 1).values[:, :k]
             ids_out.append(key % self.n)
             dist_out.append(key // self.n)
