@@ -22,26 +22,10 @@ from hashbench.platform.errors import HashbenchError
 from hashbench.platform.registry import ModelContext, Readout, get_method
 from hashbench.platform.training import TrainConfig, run_local
 from hashbench.platform.training.loop import storage_bits
+from test_training import make_store  # the tiny separable store (3 classes, 8 px)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = ("dch", "drh", "jtanet", "ynet", "constellation")
-
-
-def make_store(path, n_train=48, n_val=12, n_test=16, classes=3, size=8, seed=0):
-    """Separable classes: class c has a bright c-th horizontal band, plus noise."""
-    from hashbench.platform.data import write_store
-
-    rng = np.random.default_rng(seed)
-    n = n_train + n_val + n_test
-    y = np.arange(n) % classes
-    rng.shuffle(y)
-    img = rng.integers(0, 60, size=(n, 1, size, size)).astype(np.uint8)
-    band = size // classes
-    for c in range(classes):
-        img[y == c, :, c * band:(c + 1) * band, :] += 150
-    split = np.array([0] * n_train + [1] * n_val + [2] * n_test, np.int8)
-    return write_store(path, img, np.eye(classes, dtype=np.uint8)[y], split,
-                       class_names=[f"c{i}" for i in range(classes)])
 
 
 @pytest.fixture(scope="module")
@@ -297,9 +281,9 @@ def test_set_overrides_epochs_of_every_study(store):
     assert sorted(s.method for s in cut.studies) == ["ynet", "ynet-ce", "ynet-no-fpn", "ynet-no-rmac"]
     assert [s.bits for s in apply_overrides(_paper("ynet"), {"methods": "ynet"}).studies] == [36, 64, 128, 256]
     for bad, needle in [({"epochs": "0"}, "integer >= 1"), ({"epochs": "x"}, "integer >= 1"),
-                        ({"bits": "7"}, r"no study at these code lengths; its code lengths: \[36, 64, 128, 256\]"),
+                        ({"bits": "7"}, "no study with these values; its bits values: 36, 64, 128, 256"),
                         ({"datasets": "no-such-data"}, "dataset 'no-such-data' not found"),
-                        ({"methods": "dch"}, "no study of these methods; its methods: ynet, ynet-ce"),
+                        ({"methods": "dch"}, "no study with these values; its method values: ynet, ynet-ce"),
                         ({"lr": "1"}, "valid keys: epochs, trials, seeds, bits, datasets, methods")]:
         with pytest.raises(HashbenchError, match=needle):
             apply_overrides(cfg, bad)

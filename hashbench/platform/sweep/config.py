@@ -438,11 +438,7 @@ def apply_overrides(cfg: SweepConfig, pairs: dict) -> SweepConfig:
                 train_config(probe, s, {}, check=True)  # dataset exists, fits the method
             continue
         if key == "methods":
-            kept = [s for s in studies if s.method in items]
-            if not kept:
-                raise HashbenchError(f"--set methods={value}: the config has no study of these methods; its "
-                                     f"methods: {', '.join(sorted({s.method for s in studies}))}")
-            studies = kept
+            studies = _keep(studies, "method", items, f"--set methods={value}")
             continue
         numbers = []
         low = 0 if key == "seeds" else 1
@@ -456,11 +452,7 @@ def apply_overrides(cfg: SweepConfig, pairs: dict) -> SweepConfig:
                                      f">= {low}")
             numbers.append(n)
         if key == "bits":
-            kept = [s for s in studies if s.bits in numbers]
-            if not kept:
-                raise HashbenchError(f"--set bits={value}: the config has no study at these code lengths; its "
-                                     f"code lengths: {sorted({s.bits for s in studies})}")
-            studies = kept
+            studies = _keep(studies, "bits", numbers, f"--set bits={value}")
             continue
         if len(numbers) != 1:
             raise HashbenchError(f"--set {key}={value}: expected one integer >= {low}")
@@ -472,3 +464,12 @@ def apply_overrides(cfg: SweepConfig, pairs: dict) -> SweepConfig:
         else:
             seeds = n
     return dataclasses.replace(cfg, studies=studies, seeds=seeds)
+
+
+def _keep(studies: list, field: str, values: list, flag: str) -> list:
+    """The studies whose ``field`` (method or bits) is among ``values``; none left is a HashbenchError."""
+    kept = [s for s in studies if getattr(s, field) in values]
+    if not kept:
+        have = ", ".join(str(v) for v in sorted({getattr(s, field) for s in studies}))
+        raise HashbenchError(f"{flag}: the config has no study with these values; its {field} values: {have}")
+    return kept
