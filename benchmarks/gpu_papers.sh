@@ -12,6 +12,8 @@
 #   bash benchmarks/gpu_papers.sh dch 8,16                        # DCH, 200 epochs, two code lengths per call
 #   bash benchmarks/gpu_papers.sh dch 32,64
 #   bash benchmarks/gpu_papers.sh ynet ynet 64 [EPOCHS]           # Y-Net 256 px; EPOCHS (default 500) to fit 10 min
+#   RESUME=1 bash benchmarks/gpu_papers.sh ynet ynet 64             # continue the same sweep in the next call
+#     (a call ended by its time limit leaves Tune's state and checkpoints in /tmp/papers/sweeps)
 #   bash benchmarks/gpu_papers.sh table                           # every paper row so far
 # Results: $OUT/leaderboard (one compacted Parquet file) and the tables printed on stdout.
 set -uo pipefail
@@ -19,6 +21,7 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} HASHBENCH_DATA=/tmp/hbdata
 LB=/tmp/papers/leaderboard
 hb() { python -m hashbench "$@"; }
+resume=${RESUME:+--resume}
 table() {
   mkdir -p "$OUT/leaderboard" && cp -r "$LB"/. "$OUT/leaderboard/" 2>/dev/null
   hb leaderboard --leaderboard "$LB" --protocol "paper:$1" --axis bits --metrics "${@:2}"
@@ -32,12 +35,12 @@ case $stage in
   dch)
     nvidia-smi --query-gpu=name --format=csv,noheader
     hb sweep configs/papers/dch.yaml --name "paper-dch-${2//,/-}" --set bits="$2" \
-        --leaderboard "$LB" --storage /tmp/papers/sweeps
+        --leaderboard "$LB" --storage /tmp/papers/sweeps $resume
     table dch test_P@10 test_mAP@1000 'test_P@H<=0' 'test_P@H<=1' 'test_P@H<=2' 'test_P@H<=3' 'test_P@H<=4' ;;
   ynet)
     nvidia-smi --query-gpu=name --format=csv,noheader
     hb sweep configs/papers/ynet.yaml --name "paper-ynet-${2//,/-}-${3//,/-}" --set methods="$2" --set bits="$3" \
-        --set epochs="${4:-500}" --leaderboard "$LB" --storage /tmp/papers/sweeps
+        --set epochs="${4:-500}" --leaderboard "$LB" --storage /tmp/papers/sweeps $resume
     table ynet test_mAP@5 test_mAP@10 test_mAP@20 test_mAP@50 ;;
   table)
     table dch test_P@10 test_mAP@1000 'test_P@H<=0' 'test_P@H<=2' 'test_P@H<=4'
