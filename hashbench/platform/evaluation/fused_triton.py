@@ -6,7 +6,7 @@ tie policy, the top-k ranking in (distance, database index) order. Two kernels s
 codes and labels once per pass and keep only that:
 
 * :func:`_hist_kernel` - one program per (block of ``BQ`` queries, chunk of the database); it walks
-  its chunk in tiles of ``BN`` items, computes the ``(BQ, BN)`` distances (XOR + popcount of 32-bit
+  its chunk in tiles of ``BN`` items, computes the ``(BN, BQ)`` distances (XOR + popcount of 32-bit
   words) and relevances (equal class id, or a shared bit of the multi-hot masks) in registers and
   adds ``1`` to ``hist[query, 2 * distance + relevant]`` (``atomic_add``) for the items at a distance
   ``<= thr[query]``. Nothing of size (queries, N) is ever written.
@@ -70,34 +70,35 @@ def _popc(x, USE_POPC: tl.constexpr):
 
 @triton.jit
 def _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W: tl.constexpr, USE_POPC: tl.constexpr):
-    """(BQ, BN) int32 Hamming distances of query rows ``rows`` to database items ``cols``. Words are
-    stored word-major: word ``w`` of query ``i`` at ``qw_ptr + w * nq + i``."""
+    """(BN, BQ) int32 Hamming distances of database items ``cols`` to query rows ``rows``. Words are
+    stored word-major: word ``w`` of query ``i`` at ``qw_ptr + w * nq + i``. Queries run along the
+    last (fastest) axis, so that the lanes of a warp tend to update different queries' counters."""
     q = tl.load(qw_ptr + rows, mask=rmask, other=0)
     x = tl.load(dbw_ptr + cols, mask=cmask, other=0)
-    d = _popc(q[:, None] ^ x[None, :], USE_POPC)
+    d = _popc(x[:, None] ^ q[None, :], USE_POPC)
     for w in tl.static_range(1, W):
         q = tl.load(qw_ptr + w * nq + rows, mask=rmask, other=0)
         x = tl.load(dbw_ptr + w * N + cols, mask=cmask, other=0)
-        d += _popc(q[:, None] ^ x[None, :], USE_POPC)
+        d += _popc(x[:, None] ^ q[None, :], USE_POPC)
     return d
 
 
 @triton.jit
 def _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW: tl.constexpr, MULTI: tl.constexpr):
-    """(BQ, BN) int32 1 where the query and the item share a label (class id, or a multi-hot bit)."""
+    """(BN, BQ) int32 1 where the item and the query share a label (class id, or a multi-hot bit)."""
     if MULTI:
         a = tl.load(ql_ptr + rows, mask=rmask, other=0)
         b = tl.load(dl_ptr + cols, mask=cmask, other=0)
-        acc = a[:, None] & b[None, :]
+        acc = b[:, None] & a[None, :]
         for w in tl.static_range(1, LW):
             a = tl.load(ql_ptr + w * nq + rows, mask=rmask, other=0)
             b = tl.load(dl_ptr + w * N + cols, mask=cmask, other=0)
-            acc = acc | (a[:, None] & b[None, :])
+            acc = acc | (b[:, None] & a[None, :])
         rel = (acc != 0).to(tl.int32)
     else:
         a = tl.load(ql_ptr + rows, mask=rmask, other=-1)
         b = tl.load(dl_ptr + cols, mask=cmask, other=-2)
-        rel = (a[:, None] == b[None, :]).to(tl.int32)
+        rel = (b[:, None] == a[None, :]).to(tl.int32)
     return rel
 
 
@@ -116,11 +117,11 @@ def _hist_kernel(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, thr_ptr, hist_ptr, nq, N, TILE
         cols = lo + i * BN + tl.arange(0, BN)
         cmask = cols < N
         d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
-        take = (d <= thr[:, None]) & cmask[None, :]
+        take = (d <= thr[None, :]) & cmask[:, None]
         if REL:
-            key = base[:, None] + 2 * d + _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW, MULTI)
+            key = base[None, :] + 2 * d + _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW, MULTI)
         else:
-            key = base[:, None] + 2 * d
+            key = base[None, :] + 2 * d
         tl.atomic_add(hist_ptr + key, 1, mask=take, sem="relaxed")
 
 
@@ -137,10 +138,10 @@ def _list_kernel(qw_ptr, dbw_ptr, thr_ptr, cnt_ptr, out_ptr, nq, N, TILES: tl.co
         cols = lo + i * BN + tl.arange(0, BN)
         cmask = cols < N
         d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
-        take = (d <= thr[:, None]) & cmask[None, :]
-        slot = tl.atomic_add(cnt_ptr + (rows[:, None] + cols[None, :] * 0), 1, mask=take, sem="relaxed")
-        key = d.to(tl.int64) * N + cols[None, :]
-        tl.store(out_ptr + (rows[:, None].to(tl.int64) * L + slot), key, mask=take & (slot < L))
+        take = (d <= thr[None, :]) & cmask[:, None]
+        slot = tl.atomic_add(cnt_ptr + (cols[:, None] * 0 + rows[None, :]), 1, mask=take, sem="relaxed")
+        key = d.to(tl.int64) * N + cols[:, None]
+        tl.store(out_ptr + (rows[None, :].to(tl.int64) * L + slot), key, mask=take & (slot < L))
 
 
 def _chunk(n: int) -> int:
