@@ -546,8 +546,26 @@ def test_one_seed_one_code_length_distinct_colours_and_readable_log_ticks(app, t
     assert axis["ticktext"] == [f"{v:,.0f}" for v in axis["tickvals"]]
 
     names = [f"method-{i:02d}" for i in range(40)]
-    assert len(set(colours(names).values())) == 40 and len(set(PALETTE)) == len(PALETTE) == 48
+    assert len(set(colours(names).values())) == 40 and len(set(PALETTE)) == len(PALETTE) == 74
     assert log_ticks([1500, 80_000]) == ([2e3, 5e3, 1e4, 2e4, 5e4, 1e5],
                                          ["2,000", "5,000", "10,000", "20,000", "50,000", "100,000"])
     assert log_ticks([300, 4e6])[1] == ["1,000", "10,000", "100,000", "1,000,000"]  # many decades: powers of 10
     assert log_ticks([]) == ([], [])
+
+
+def test_sweep_view_counts_trials_not_readouts_and_shows_the_studys_parameters(app, tmp_path):
+    from hashbench.platform.leaderboard import append_row, read_leaderboard
+
+    lb, _ = quick_layout(tmp_path / "qs")
+    row = read_leaderboard(lb).row(0, named=True)
+    extra = {k: v for k, v in row.items() if not k.startswith("_")}
+    # the same trial's extra readout (another row of one training), and another method's trial with its own hp
+    append_row(lb, {**extra, "row_id": "r2", "entry": "dch-float", "readout": "float", "code_type": "float",
+                    "storage_bits": 512})
+    append_row(lb, {**extra, "row_id": "r3", "trial_id": "t2", "run_id": "qs-r2", "method": "lsh", "entry": "lsh",
+                    "params_json": json.dumps({"anchors": 64})})
+    at = app("Sweep", directory=lb)
+    assert at.selectbox(key="sw_study").options[0].startswith("dch · busi-quick · 16 bits")
+    assert any(c.value.startswith("1 trial(s) with a validation score") for c in at.caption)
+    best = at.dataframe[0].value
+    assert not [c for c in best.columns if c.startswith("hp.")]  # dch's trial has no hp; lsh's anchors not shown

@@ -8,8 +8,10 @@ import plotly.express as px
 import polars as pl
 
 
-#: 48 distinct colours: plotly's Dark24 then Light24 (no colour repeats before the 49th method)
-PALETTE = list(dict.fromkeys(px.colors.qualitative.Dark24 + px.colors.qualitative.Light24))
+#: distinct colours: plotly's Alphabet (26 colours chosen to be told apart), then Dark24 and Light24
+#: (no colour repeats before the 75th method)
+PALETTE = list(dict.fromkeys(px.colors.qualitative.Alphabet + px.colors.qualitative.Dark24
+                             + px.colors.qualitative.Light24))
 DIGITS = 4  # every metric value is shown with 4 decimals (tables, hover, cell text)
 NUMBER = "%.4f"
 
@@ -21,7 +23,7 @@ def colours(methods: list[str]) -> dict[str, str]:
 
 def legend_height(n_items: int, base: int = 420) -> int:
     """A figure height that shows a vertical legend of ``n_items`` entries without scrolling it."""
-    return max(base, 24 * n_items + 110)
+    return max(base, 30 * n_items + 130)  # Streamlit's plotly theme spaces legend entries ~29 px apart
 
 
 def log_ticks(values: list[float]) -> tuple[list[float], list[str]]:

@@ -57,7 +57,7 @@ def panels(best: pl.DataFrame, metric: str, x: str, x_title: str) -> go.Figure:
                                "<br>seeds=%{customdata[0]} (%{customdata[1]})<extra></extra>")),
                 row=1, col=i)
         fig.update_xaxes(title_text=x_title, row=1, col=i, **bits_axis(best[x].to_list()))
-    fig.update_yaxes(title_text=metric.removeprefix("test_"), row=1, col=1, tickformat=".2f")
+    fig.update_yaxes(title_text=metric.removeprefix("test_"), row=1, col=1)
     fig.update_layout(height=legend_height(len(methods)), margin={"t": 40}, legend={"title": "method / readout"})
     return fig
 

@@ -25,7 +25,7 @@ def tradeoff(runs: pl.DataFrame, metric: str, colour: dict[str, str]) -> go.Figu
     ticks, labels = log_ticks(runs["queries_per_s"].to_list())
     fig.update_layout(xaxis={"title": "queries per second (log scale)", "type": "log", "tickvals": ticks,
                              "ticktext": labels},
-                      yaxis={"title": metric.removeprefix("test_"), "tickformat": ".2f"},
+                      yaxis_title=metric.removeprefix("test_"),
                       height=legend_height(len(options(runs, "method"))), margin={"t": 30},
                       legend={"title": "method"})
     return fig

@@ -27,6 +27,8 @@ SCORE = "val_mAP@100"
 def trials(rows: pl.DataFrame) -> pl.DataFrame:
     """Search trials with a validation score, hyper-parameters decoded into ``hp.*`` columns."""
     done = rows.filter((pl.col("role") == "trial") & pl.col(SCORE).is_not_null())
+    if "entry" in done.columns:  # one row per trial: the method's own readout, not its extra readouts
+        done = done.filter(pl.col("entry").is_null() | (pl.col("entry") == pl.col("method")))
     return pl.concat([done, results.decode_params(done)], how="horizontal") if done.height else done
 
 
@@ -121,7 +123,8 @@ def render(data: results.Loaded) -> None:
     top = study.sort(SCORE, descending=True).head(1)
     st.subheader("Best trial")
     show = ["trial_id", "status", SCORE, "test_mAP@100", "seed", "epochs", "run_id"]
-    st.dataframe(pl.concat([top.select(show), top.select(c for c in study.columns if c.startswith("hp."))],
+    own = [c for c in study.columns if c.startswith("hp.") and study[c].null_count() < study.height]
+    st.dataframe(pl.concat([top.select(show), top.select(own)],
                            how="horizontal"), hide_index=True, key="sw_best",
                  column_config={m: st.column_config.NumberColumn(m, format=NUMBER) for m in (SCORE, "test_mAP@100")})
     st.caption(f"{study.height} trial(s) with a validation score in this study "
