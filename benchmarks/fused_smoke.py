@@ -70,9 +70,11 @@ def main() -> int:
         return 1
     name = torch.cuda.get_device_name() if dev == "cuda" else "none (Triton interpreter)"
     print(f"GPU: {name}; tiles BQ={FT.BQ} BN={FT.BN} chunk={FT.CHUNK} warps={FT.WARPS}")
-    bad = 0
-    for bits, multi in [(8, False), (64, False), (64, True), (100, False), (1024, True)]:
+    bad, ok_hw = 0, False
+    for bits, multi in [(64, False), (100, True), (1024, False)]:
         for use_popc in (True, False) if dev == "cuda" else (False,):
+            if use_popc is False and dev == "cuda" and ok_hw:
+                continue                        # the portable popcount only matters when the hardware one fails
             t0 = time.perf_counter()
             try:
                 ok = case(FT, bits, multi, use_popc, dev)
@@ -82,6 +84,8 @@ def main() -> int:
             except Exception:  # noqa: BLE001 - print the full compiler message
                 traceback.print_exc()
                 ok, msg = False, "EXCEPTION (above)"
+            if use_popc:
+                ok_hw = ok
             print(f"bits={bits} {'multi' if multi else 'single'} popcount={'hw' if use_popc else 'swar'}: "
                   f"{msg} ({time.perf_counter() - t0:.1f} s incl. compile)", flush=True)
             bad += not ok
