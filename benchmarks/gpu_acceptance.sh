@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -lms 1000 > "$OUT/util_$stage.csv" &
 smi=$!
 trap 'kill $smi 2>/dev/null' EXIT
-HASH="dch,drh,dph,drh-nq,drh-nb"
+HASH="dch,drh,dph,drh-nq"   # drh-nb: the float readout of each drh run (RunResult.readouts)
 case $stage in
   speed)
     python benchmarks/bench_eval.py --device cuda --ref-queries 20 2>&1 | tee "$OUT/bench_eval_cuda.md"
