@@ -45,7 +45,11 @@ def relevant_counts(prep: Prepared, chunk: int) -> torch.Tensor:
         classes, counts = torch.unique(dl, return_counts=True)
         pos = torch.searchsorted(classes, ql).clamp_max(classes.numel() - 1)
         return torch.where(classes[pos] == ql, counts[pos], 0).to(F64)
-    return torch.cat([relevance(ql[i:i + chunk], dl).sum(1) for i in range(0, ql.shape[0], chunk)]).to(F64)
+    # multi-hot: count the distinct label sets once, so no (queries, N) relevance matrix is needed
+    combos, counts = torch.unique(dl.to(torch.uint8), dim=0, return_counts=True)
+    combos, counts = combos.bool(), counts.to(F64)
+    return torch.cat([(relevance(ql[i:i + chunk], combos).to(F64) * counts).sum(1)
+                      for i in range(0, ql.shape[0], chunk)])
 
 
 def float_groups(dist_sorted: torch.Tensor, rel_sorted: torch.Tensor):
