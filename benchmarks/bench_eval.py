@@ -259,6 +259,8 @@ def main() -> None:
                 if args.device == "cuda":     # warm-up (kernel variants, allocator); 1024 queries at 10M
                     run_eval(engine, tq[:1024], tdb, tql[:1024], tdl, ties=ties, **kw) if huge else fn()
                 times[path, ties], out[path, ties] = timed(fn, args.device, repeat)
+                print(f"  {nq} x {ndb} k={k} {path} path ({engine}), {ties}: {times[path, ties]:.4f} s, "
+                      f"mAP@{k} {out[path, ties][f'mAP@{k}']:.9f}", flush=True)
         key = f"mAP@{k}"
         same = all(abs(out["new", t][key] - out["old", t][key]) < 1e-9 for t in ("index", "tie-aware")
                    if ("old", t) in out)
