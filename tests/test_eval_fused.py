@@ -90,8 +90,11 @@ def t(x):
 
 
 # ---------------------------------------------------------------- kernels
-@pytest.mark.parametrize("bits,multi", [(8, False), (31, True), (64, False), (100, True), (1024, False)])
-def test_histograms_and_ranking_against_brute_force(bits, multi):
+@pytest.mark.parametrize("bits,multi,key64", [(8, False, False), (31, True, True), (64, False, False),
+                                            (100, True, True), (1024, False, False)])
+def test_histograms_and_ranking_against_brute_force(bits, multi, key64, monkeypatch):
+    if key64:                                   # int64 top-k keys (databases of over 2^31 / (bits+1) items)
+        monkeypatch.setattr(FT, "KEY32_LIMIT", 0)
     rng = np.random.default_rng(bits)
     nq, n = 11, 300 if bits < 1024 else 200
     q = codes(rng, nq, bits)

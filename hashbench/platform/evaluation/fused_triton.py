@@ -53,6 +53,8 @@ CHUNK = int(_env("HASHBENCH_FUSED_CHUNK", 1 << 16))
 WARPS = int(_env("HASHBENCH_FUSED_WARPS", 8))
 #: largest number of keys sorted at once in the top-k pass (queries x row length)
 SORT_BUDGET = 1 << 27
+#: top-k keys ``distance * N + index`` are int32 below this (the int32 maximum pads the rows)
+KEY32_LIMIT = 2 ** 31 - 1
 
 
 @triton.jit
@@ -127,9 +129,10 @@ def _hist_kernel(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, thr_ptr, hist_ptr, nq, N, TILE
 
 @triton.jit(do_not_specialize=["nq", "L"])
 def _list_kernel(qw_ptr, dbw_ptr, thr_ptr, cnt_ptr, out_ptr, nq, N, TILES: tl.constexpr, L,
-                 W: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr):
+                 W: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr,
+                 KEY64: tl.constexpr):
     """Row ``i`` of ``out`` (length ``L``) receives ``d * N + index`` of every item at distance
-    ``d <= thr[i]``, in arbitrary order; ``cnt[i]`` counts them."""
+    ``d <= thr[i]``, in arbitrary order; ``cnt[i]`` counts them. Keys are int32 unless ``KEY64``."""
     rows = tl.program_id(0) * BQ + tl.arange(0, BQ)
     rmask = rows < nq
     thr = tl.load(thr_ptr + rows, mask=rmask, other=-1)
@@ -140,7 +143,10 @@ def _list_kernel(qw_ptr, dbw_ptr, thr_ptr, cnt_ptr, out_ptr, nq, N, TILES: tl.co
         d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
         take = (d <= thr[None, :]) & cmask[:, None]
         slot = tl.atomic_add(cnt_ptr + (cols[:, None] * 0 + rows[None, :]), 1, mask=take, sem="relaxed")
-        key = d.to(tl.int64) * N + cols[:, None]
+        if KEY64:
+            key = d.to(tl.int64) * N + cols[:, None]
+        else:
+            key = d * N + cols[:, None]
         tl.store(out_ptr + (rows[None, :].to(tl.int64) * L + slot), key, mask=take & (slot < L))
 
 
@@ -260,19 +266,21 @@ class FusedHamming:
         t = (cum < k).sum(1).clamp_max(self.bits)                       # the k-th smallest distance
         rows_len = cum.gather(1, t[:, None])[:, 0]                      # #(d <= t) >= k
         chunk = _chunk(self.n)
+        # keys d * N + index (and the padding) in int32 when they fit: half the bytes to fill and sort
+        key_dtype = torch.int32 if (self.bits + 1) * self.n < KEY32_LIMIT else torch.int64
         ids_out, dist_out = [], []
         step = max(1, min(nq, SORT_BUDGET // max(1, int(rows_len.max()))))
         for s in range(0, nq, step):
             e = min(nq, s + step)
             L = int(rows_len[s:e].max())
-            out = torch.full((e - s, L), torch.iinfo(torch.int64).max, dtype=torch.int64, device=self.device)
+            out = torch.full((e - s, L), torch.iinfo(key_dtype).max, dtype=key_dtype, device=self.device)
             cnt = torch.zeros(e - s, dtype=torch.int32, device=self.device)
             grid = (triton.cdiv(e - s, BQ), triton.cdiv(self.n, chunk))
             with self._on_device():
                 _list_kernel[grid](qw[:, s:e].contiguous(), self.db_w, t[s:e].to(torch.int32).contiguous(), cnt,
                                    out, e - s, self.n, chunk // BN, L, W=qw.shape[0], BQ=BQ, BN=BN,
-                                   USE_POPC=self.use_popc, num_warps=WARPS)
-            key = torch.sort(out, 1).values[:, :k]
+                                   USE_POPC=self.use_popc, KEY64=key_dtype == torch.int64, num_warps=WARPS)
+            key = torch.sort(out, 1).values[:, :k].to(torch.int64)
             ids_out.append(key % self.n)
             dist_out.append(key // self.n)
         return torch.cat(ids_out), torch.cat(dist_out)
