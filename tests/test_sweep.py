@@ -56,9 +56,11 @@ def _config(tmp_path, store, **extra) -> str:
 
 @pytest.mark.timeout(420)
 def test_sweep_rows_resume_seeds_and_reproduce(ray_session, tiny_store, tmp_path, capsys):
-    cfg = _config(tmp_path, tiny_store)
+    cfg = _config(tmp_path, tiny_store, checkpoint_interval_s=0)  # checkpoint every epoch but the last
     assert main(["sweep", cfg]) == 0
     out = capsys.readouterr().out
+    # the trials' epoch-0 checkpoints were removed when each trial ended (and --resume below still works)
+    assert not list((tmp_path / "sweeps").rglob("checkpoint_*"))
     assert "4 trials" in out and "[dch-tiny-8b] 3 trial(s)" in out and "[fixed] 1 trial(s)" in out
     df = read_leaderboard(tmp_path / "lb")
     # exactly one row per finished trial: 3 searched dch trials + 1 lsh trial
@@ -197,6 +199,21 @@ def test_finished_run_is_recognised_and_its_missing_row_written_once(tiny_store,
     finished_run(res.run_dir, str(lb), sweep_id="s", trial_id="3be92a24", role="trial")
     again = read_leaderboard(lb)
     assert again.height == 1 and again["row_id"][0] == row["row_id"]  # not written twice
+
+
+def test_remove_checkpoints_leaves_the_rest_of_the_trial_directory(tmp_path):
+    from hashbench.platform.sweep.driver import remove_checkpoints
+
+    trial = tmp_path / "exp" / "_trial_0"
+    for d in ("checkpoint_000000", "checkpoint_000003", "logs"):
+        (trial / d).mkdir(parents=True)
+        (trial / d / "state.pt").write_bytes(b"x" * 10)
+    (trial / "result.json").write_text("{}")
+    (trial / "checkpoint_notes.txt").write_text("a file, not a checkpoint directory")
+    remove_checkpoints(str(trial))
+    assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_notes.txt", "logs", "result.json"]
+    remove_checkpoints(str(tmp_path / "missing"))   # nothing there: no error
+    remove_checkpoints(None)
 
 
 def _mark_running(experiment_dir, trial_id: str) -> None:

@@ -123,8 +123,11 @@ def run(args) -> int:
     print()
     print(render(view.drop(["device", "run_id"]), "table"))
     c = summary.counts
-    print(f"\n{summary.trials} trials in {time.perf_counter() - t0:.0f} s ({c['completed']} completed, "
-          f"{c['error']} failed). Leaderboard: {summary.leaderboard}")
+    print(f"\n{summary.trials} trials in {time.perf_counter() - t0:.0f} s (the sweep {summary.wall_s:.0f} s; "
+          f"{c['completed']} completed, {c['error']} failed). Leaderboard: {summary.leaderboard}")
+    from hashbench.platform.sweep.driver import format_disk
+
+    print(format_disk(summary.disk))
     print("Open the dashboard:  hashbench dashboard   (the most recent leaderboard; "
           f"or: hashbench dashboard --leaderboard {summary.leaderboard})")
     return 0 if c["error"] == 0 else 1

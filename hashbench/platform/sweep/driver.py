@@ -310,9 +310,9 @@ class Progress(Callback):
     far in trials per hour.
     """
 
-    def __init__(self, emit: Callable[[str], None], label: str, total: int, done: int = 0,
+    def __init__(self, emit: Callable[[str], None], label: str, total: int,
                  two_stage: frozenset = frozenset()):
-        self.emit, self.label, self.total, self.done = emit, label, total, done
+        self.emit, self.label, self.total = emit, label, total
         self.two_stage = two_stage  # study keys whose per-epoch val mAP is the proxy's, before the hash fit
         self.t0, self.finished_here = time.time(), 0
 
@@ -320,11 +320,13 @@ class Progress(Callback):
         return f"[{trial.config.get(STUDY_KEY, self.label)}] trial {trial.trial_id}"
 
     def _counts(self, trials, ended) -> str:
-        running = sum(1 for t in trials if t.status == "RUNNING" and t is not ended)
-        queued = max(0, self.total - self.done - running)
+        """Counted from the trials' states (so a resumed experiment counts what finished before)."""
+        others = [t for t in trials if t is not ended]
+        done = 1 + sum(1 for t in others if t.status in ("TERMINATED", "ERROR"))
+        running = sum(1 for t in others if t.status == "RUNNING")
+        queued = max(0, self.total - done - running)
         hours = max(time.time() - self.t0, 1e-9) / 3600
-        return (f"{self.done}/{self.total} done, {running} running, {queued} queued, "
-                f"{self.finished_here / hours:.0f} trials/h")
+        return f"{done}/{self.total} done, {running} running, {queued} queued, {self.finished_here / hours:.0f} trials/h"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "test_mAP@100" not in result and not result.get("finished"):
@@ -334,7 +336,6 @@ class Progress(Callback):
                       f"val mAP@100 {result.get(METRIC, float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.done += 1
         self.finished_here += 1
         last = trial.last_result or {}
         test, val = last.get("test_mAP@100"), last.get(METRIC)
@@ -346,7 +347,6 @@ class Progress(Callback):
         self.emit(f"  {self._name(trial)} {what} | {self._counts(trials, trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.done += 1
         self.finished_here += 1
         self.emit(f"  {self._name(trial)} FAILED; see {trial.path} | {self._counts(trials, trial)}")
 
