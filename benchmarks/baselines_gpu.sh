@@ -22,7 +22,9 @@ esac
 SEEDS=${SEEDS:-3}; BITS=${BITS:-16,32,64}; TAG=${BITS//,/-}   # BITS=16,32 then BITS=64: two calls, one merge
 # SDH's paper value of 1000 anchors exceeds BUSI's 546 train images (a clear error): 500 there.
 # The constellation pair uses ResNet-18 (the paper: ResNet-50) to fit the budget; same backbone for both.
-SETS="--set dch-sdh@busi:anchors=500 --set constellation:arch=resnet18 --set ce-embedding:arch=resnet18"
+# Constellation's K negatives come from K other classes: BUSI has 3 classes, so K = 2 there (paper: 3).
+SETS="--set dch-sdh@busi:anchors=500 --set constellation@busi:K=2 --set constellation:arch=resnet18 \
+      --set ce-embedding:arch=resnet18"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 pids=()
 for m in dch dch-ksh dch-sdh dch-cca-itq drh drn-ksh constellation ce-embedding; do
