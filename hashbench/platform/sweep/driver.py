@@ -351,17 +351,18 @@ class Progress(Callback):
         self.emit(f"  {self._name(trial)} FAILED; see {trial.path} | {self._counts(trials, trial)}")
 
 
-class CheckpointCleaner(Callback):
-    """Removes a trial's checkpoints once it has ended for good (completed or stopped): nothing resumes
-    it, its row is written and its run directory holds its model and codes. Failed trials keep theirs
-    (``--resume`` retries them from there). Also removes a multi-worker trial's Ray Train storage."""
-
-    def __init__(self, out_dir: str, sweep_id: str):
-        self.out_dir, self.sweep_id = out_dir, sweep_id
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
+def remove_finished_checkpoints(trials, out_dir: str, sweep_id: str) -> None:
+    """Remove the checkpoints of the trials that ended for good (completed or stopped: TERMINATED) once
+    their experiment is over and Tune has saved it so: nothing resumes them, their rows are written and
+    their run directories hold their model and codes. Failed trials keep theirs (``--resume`` retries
+    them from there); so does every trial while its experiment runs, because a driver killed before
+    Tune's next save would resume a finished trial from its checkpoint (then recognised as finished).
+    Also removes a multi-worker trial's Ray Train storage (``<out_dir>/_ray/<run>``)."""
+    for trial in trials:
+        if trial.status != "TERMINATED":
+            continue
         remove_checkpoints(trial.path)
-        train_storage = os.path.join(self.out_dir, "_ray", run_name(self.sweep_id, trial.trial_id))
+        train_storage = os.path.join(out_dir, "_ray", run_name(sweep_id, trial.trial_id))
         if os.path.isdir(train_storage):
             shutil.rmtree(train_storage, ignore_errors=True)
 
@@ -546,9 +547,8 @@ def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, de
 
     two_stage = frozenset(k for k, st in studies.items() if get_method(st.method).finalize is not None)
     progress = Progress(emit, default_key or name, total, two_stage=two_stage)
-    cleaner = CheckpointCleaner(cfg.out_dir, sweep_id)
     run_config = tune.RunConfig(name=name, storage_path=root, verbose=0,
-                                callbacks=[progress, cleaner, *(callbacks or [])],
+                                callbacks=[progress, *(callbacks or [])],
                                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if resume and tune.Tuner.can_restore(path):
@@ -571,7 +571,9 @@ def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, de
     emit(f"[{name}] {total} trial(s), "
          f"up to {plan.capacity} at a time, {plan.trial_resources}")
     grid = tuner.fit()
-    return _fill_rows(grid, **common)
+    counts = _fill_rows(grid, **common)
+    remove_finished_checkpoints(grid._experiment_analysis.trials, cfg.out_dir, sweep_id)
+    return counts
 
 
 def _grid_size(space: dict) -> int:
