@@ -32,8 +32,8 @@ case $CALL in
     python -c "import ray, polars" || { echo ".site is gone (machine was not warm): run call A again"; exit 3; }
     mkdir -p "$HASHBENCH_DATA" && tar -xJf .gpudata/busi256.tar.xz -C "$HASHBENCH_DATA"
     python -m hashbench data prepare bccd128 --recipe bccd --source .gpudata/src/bccd --size 128 --channels 3 --skip-invalid
-    stage papers_dch 300 bash benchmarks/gpu_papers.sh dch 8,16,32,64
-    stage papers_ynet 260 bash benchmarks/gpu_papers.sh ynet ynet 64 ${YNET_EPOCHS:-500}
+    stage papers_dch 270 bash benchmarks/gpu_papers.sh dch 8,16,32,64
+    stage papers_ynet 230 bash benchmarks/gpu_papers.sh ynet ynet 64 ${YNET_EPOCHS:-500}
     ;;
 esac
 ls -la "$OUT"

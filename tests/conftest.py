@@ -37,6 +37,22 @@ def ray_session(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home_and_cwd(tmp_path_factory):
+    """Tests never write into the checkout or the user's home: `hashbench train`'s default
+    ./leaderboard and the recent-leaderboards record ($HASHBENCH_HOME) go to a temporary directory."""
+    work = tmp_path_factory.mktemp("cwd")
+    before_cwd, before_home = os.getcwd(), os.environ.get("HASHBENCH_HOME")
+    os.environ["HASHBENCH_HOME"] = str(tmp_path_factory.mktemp("hashbench-home"))
+    os.chdir(work)
+    yield
+    os.chdir(before_cwd)
+    if before_home is None:
+        os.environ.pop("HASHBENCH_HOME", None)
+    else:
+        os.environ["HASHBENCH_HOME"] = before_home
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tests use tiny tensors: one intra-op thread is faster, and far faster on a loaded 2-core machine."""

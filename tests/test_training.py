@@ -334,7 +334,9 @@ def test_fit_writes_a_complete_run_dir_and_metrics_match_the_codes(store, tmp_pa
     again = evaluate(codes["query_codes"], codes["db_codes"], codes["query_labels"].argmax(1),
                      codes["db_labels"].argmax(1), ks=(10, 100))
     assert res.metrics["test_mAP@10"] == pytest.approx(again["mAP@10"], abs=1e-12)
-    assert res.protocol == again["protocol"]
+    # the run's protocol record holds evaluate()'s protocol and adds the run's own choices (code type,
+    # radii, kNN, ...): every key evaluate() reports must agree
+    assert {k: res.protocol.get(k) for k in again["protocol"]} == again["protocol"]
     curve = evaluate(codes["query_codes"], codes["db_codes"], codes["query_labels"].argmax(1),
                      codes["db_labels"].argmax(1), ks=(10,), pr_curve=True)["pr_curve"]
     assert res.metrics["pr_curve"] == json.loads(json.dumps(curve, default=lambda a: np.asarray(a).tolist()))
@@ -465,26 +467,26 @@ def test_fit_with_a_custom_session_reports_every_epoch_with_a_checkpoint(store, 
 
 # --------------------------------------------------------------------------- CLI
 
-def test_cli_train_json_and_errors(store, tmp_path, capsys):
+def test_cli_train_json_and_errors(store, tmp_path, capfd):
     from hashbench.platform.cli import main
 
     rc = main(["train", "tiny-test", "--dataset", store, "--bits", "8", "--epochs", "1", "--local",
                "--device", "cpu", "--out", str(tmp_path / "cli"), "--set", "lr=0.1", "--json"])
-    out = capsys.readouterr()
+    out = capfd.readouterr()
     assert rc == 0, out.err
     doc = json.loads(out.out)
     assert doc["config"]["hp"]["lr"] == 0.1 and "test_mAP@100" in doc["metrics"]
     assert os.path.isfile(os.path.join(doc["run_dir"], "metrics.json"))
-    assert "epoch" in out.err                             # the progress bar
+    assert "epoch" in out.err                             # the progress bar (on the terminal's fd 2)
     rc = main(["train", "tiny-test", "--dataset", store, "--bits", "8", "--set", "nope=1", "--local"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert rc == 2 and "valid parameters: lr, nan_at, plateau" in err
     rc = main(["train", "tiny-test", "--dataset", store, "--bits", "0", "--local"])
-    assert rc == 2 and "bits" in capsys.readouterr().err
+    assert rc == 2 and "bits" in capfd.readouterr().err
     rc = main(["train", "tiny-test", "--dataset", store, "--bits", "8", "--set", "lr", "--local"])
-    assert rc == 2 and "KEY=VALUE" in capsys.readouterr().err
+    assert rc == 2 and "KEY=VALUE" in capfd.readouterr().err
     rc = main(["train", "tiny-test", "--dataset", store, "--bits", "8", "--workers", "2", "--local"])
-    assert rc == 2 and "workers=2" in capsys.readouterr().err
+    assert rc == 2 and "workers=2" in capfd.readouterr().err
 
 
 def test_worker_hashbench_errors_reach_the_driver_as_hashbench_errors():
