@@ -317,7 +317,12 @@ def test_fit_writes_a_complete_run_dir_and_metrics_match_the_codes(store, tmp_pa
     assert reports[-1]["done"] and reports[-1]["test_mAP@100"] == res.metrics["test_mAP@100"]
     assert len(reports) == 4
     files = set(os.listdir(res.run_dir))
-    assert files == {"config.json", "metrics.json", "codes.npz", "model.pt"}   # checkpoints removed
+    assert files == {"config.json", "metrics.json", "codes.npz", "per_query.npz", "model.pt"}  # no checkpoints
+    with np.load(os.path.join(res.run_dir, "per_query.npz")) as pq:   # per-query values: their mean is the metric
+        assert pq["sign:test_mAP@100"].dtype == np.float16 and pq["sign:test_mAP@100"].shape == (12,)
+        for m in ("test_mAP@10", "test_mAP@100", "test_P@10", "test_MAP@R"):
+            assert float(pq[f"sign:{m}"].astype(np.float64).mean()) == pytest.approx(res.metrics[m], abs=1e-3)
+        np.testing.assert_array_equal(pq["query_index"], np.arange(60, 72))
     codes = np.load(os.path.join(res.run_dir, "codes.npz"))
     assert codes["query_codes"].shape == (12, 8) and codes["db_codes"].shape == (48, 8)
     assert set(np.unique(codes["db_codes"])) <= {-1, 1} and codes["db_codes"].dtype == np.int8

@@ -42,7 +42,8 @@ def test_ddp_over_two_cpu_workers(ray_session, store, tmp_path):
     assert res.epochs_run == 2 and [r["epoch"] for r in res.history] == [0, 1]
     assert res.device == "2x cpu" and res.resumed_from is None
     assert 0.0 <= res.metrics["test_mAP@100"] <= 1.0 and "val_mAP@100" in res.metrics
-    assert set(os.listdir(res.run_dir)) == {"config.json", "metrics.json", "codes.npz", "model.pt"}
+    assert set(os.listdir(res.run_dir)) == {"config.json", "metrics.json", "codes.npz", "per_query.npz",
+                                           "model.pt"}
     codes = np.load(os.path.join(res.run_dir, "codes.npz"))
     assert codes["db_codes"].shape == (40, 8) and codes["query_codes"].shape == (10, 8)
     # each of 2 workers took 8 of every 16-item global batch: 40 // 16 = 2 steps x 16 images

@@ -82,7 +82,8 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
              ks=(10, 100, 1000, "all"), convention: str = "hits", ties: str = "tie-aware",
              exclude_no_hit: bool = False, engine: str = "auto", device=None, bits: int | None = None,
              hamming_radius: int | None = 2, pr_curve: bool = False, map_at_r: bool = True,
-             knn_k: int | None = None, chunk_size: int | None = None, exclude_self: bool = False) -> dict:
+             knn_k: int | None = None, chunk_size: int | None = None, exclude_self: bool = False,
+             per_query: bool = False) -> dict:
     """Retrieval metrics of ``query_codes`` against ``db_codes`` under one named protocol.
 
     Returns ``mAP@<k>``, ``P@<k>``, ``R@<k>`` for each cut-off, ``MAP@R`` and ``R-precision``
@@ -95,6 +96,10 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
     its count of relevant items, so every metric sees a database of ``N - 1`` items (``all`` = N - 1).
     ``exclude_no_hit``: queries without any relevant item are dropped from every average (as
     pytorch-metric-learning does); ``mAP@k`` also drops queries without a hit in the top k.
+    ``per_query``: also return ``per_query``, a dict of float64 numpy arrays (one value per query, in
+    query order) for ``mAP@<k>``, ``P@<k>``, ``MAP@R`` and ``R-precision``: the values whose mean is the
+    metric; a query that a metric's average leaves out (``exclude_no_hit``) is NaN there
+    (docs/statistics.md: what paired comparisons are made of).
 
     On CPU the torch arithmetic runs single-threaded (restored afterwards): it is memory-bound
     bookkeeping, and multi-threaded small ops stall on a busy machine (measured 100x slower);
@@ -115,13 +120,13 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = 
 
 def _locals_kwargs(scope: dict) -> dict:
     names = ("distance", "ks", "convention", "ties", "exclude_no_hit", "engine", "bits", "hamming_radius",
-             "pr_curve", "map_at_r", "knn_k", "chunk_size", "exclude_self")
+             "pr_curve", "map_at_r", "knn_k", "chunk_size", "exclude_self", "per_query")
     return {name: scope[name] for name in names}
 
 
 def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, ks, convention, ties,
               exclude_no_hit, engine, bits, hamming_radius, pr_curve, map_at_r, knn_k, chunk_size,
-              exclude_self) -> dict:
+              exclude_self, per_query=False) -> dict:
     if convention not in CONVENTIONS:
         raise HashbenchError(f"convention: {convention!r} is not one of {', '.join(CONVENTIONS)}")
     if ties not in TIES:
@@ -261,6 +266,8 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
     if map_at_r:
         res["MAP@R"] = _mean(cat["mapr"], keep)
         res["R-precision"] = _mean(cat["rprec"], keep)
+    if per_query:
+        res["per_query"] = _per_query(cat, cutoffs, keep, exclude_no_hit, map_at_r)
     if "hr_prec" in cat:
         rad = min(int(hamming_radius), prep.dim)
         res[f"P@H<={rad}"] = _mean(cat["hr_prec"], keep)
@@ -294,6 +301,25 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
         "hamming_radius": hamming_radius if prep.binary else None, "same_set": exclude_self,
     }
     return res
+
+
+def _per_query(cat: dict, cutoffs, keep, exclude_no_hit: bool, map_at_r: bool) -> dict:
+    """The per-query values behind the means of ``evaluate`` (float64 numpy, NaN where left out)."""
+    def masked(x, mask):
+        x = x.to(F64).cpu().clone()
+        if mask is not None:
+            x[~mask.cpu()] = float("nan")
+        return x.numpy()
+
+    out = {}
+    for j, (name, _) in enumerate(cutoffs):
+        hit_any = cat["hits"][:, j] > 0
+        out[f"mAP@{name}"] = masked(cat["ap"][:, j], hit_any if exclude_no_hit else None)
+        out[f"P@{name}"] = masked(cat["p"][:, j], keep)
+    if map_at_r:
+        out["MAP@R"] = masked(cat["mapr"], keep)
+        out["R-precision"] = masked(cat["rprec"], keep)
+    return out
 
 
 def _check_same_set(prep: Prepared) -> None:

@@ -79,6 +79,10 @@ class RunResult:
         return cls(**d)
 
 
+#: the run directory's per-query test values (``hashbench compare``, docs/statistics.md)
+PER_QUERY_FILE = "per_query.npz"
+
+
 def _now_iso() -> str:
     from datetime import datetime, timezone
 
@@ -179,12 +183,14 @@ def _number_metrics(res: dict, prefix: str) -> dict:
 
 
 def evaluate_readout(q_codes, db_codes, q_labels, db_labels, method, readout, cfg, device, multi_label: bool,
-                     pr_curve: bool = False) -> tuple:
+                     pr_curve: bool = False, per_query: Optional[dict] = None) -> tuple:
     """Test metrics of one readout under ``cfg.evaluation`` (docs/protocol.md); ``(metrics, protocol)``.
 
     Cut-offs: ``cfg.eval_ks`` plus the rank-based PR curve's; ``P@H<=r`` for every radius of a binary
     readout (one extra engine call per further radius); kNN balanced accuracy and the silhouette /
     Davies-Bouldin of the test embeddings where asked for (single-label data only).
+    ``per_query`` (a dict): filled with ``test_<metric>`` -> float16 array of each test query's value
+    (``evaluate(per_query=True)``; NaN where the metric's mean leaves the query out).
     """
     from hashbench.platform.training.config import pr_rank_cutoffs
 
@@ -199,7 +205,10 @@ def evaluate_readout(q_codes, db_codes, q_labels, db_labels, method, readout, cf
         db_codes, db_labels = q_codes, q_labels
     common = dict(distance=readout.distance, ties=ev["ties"], convention=ev["convention"], exclude_self=same)
     res = _evaluate(q_codes, db_codes, q_labels, db_labels, method, ks, device, multi_label,
-                    hamming_radius=radii[0], pr_curve=pr_curve, knn_k=knn_k, **common)
+                    hamming_radius=radii[0], pr_curve=pr_curve, knn_k=knn_k, per_query=per_query is not None,
+                    **common)
+    if per_query is not None:
+        per_query.update({f"test_{k}": np.asarray(v, dtype=np.float16) for k, v in res.pop("per_query").items()})
     metrics = _number_metrics(res, "test_")
     for r in radii[1:]:
         extra = _evaluate(q_codes, db_codes, q_labels, db_labels, method, (1,), device, multi_label,
@@ -481,8 +490,10 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         encode_s = time.perf_counter() - t2
         t3 = time.perf_counter()
         test_labels, db_labels = test.labels.cpu(), train.labels.cpu()
+        per_query = {primary.name: {}}  # per-query test values of every readout (paired comparisons)
         test_metrics, protocol = evaluate_readout(q_codes, db_codes, test_labels, db_labels, method, primary, cfg,
-                                                  device, ds.multi_label, pr_curve=True)
+                                                  device, ds.multi_label, pr_curve=True,
+                                                  per_query=per_query[primary.name])
         eval_s = time.perf_counter() - t3
         # the selection metric of the weights evaluated: the best epoch's, or the last epoch's (no selection)
         last_val = st["history"][-1]["val_mAP@100"] if st["history"] else -1.0
@@ -498,7 +509,9 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         readouts = {}
         for ro in method.readouts:  # the same model read out another way: its own leaderboard row
             q_r, db_r = readout_codes(q_z, ro), readout_codes(db_z, ro)
-            m_r, p_r = evaluate_readout(q_r, db_r, test_labels, db_labels, method, ro, cfg, device, ds.multi_label)
+            per_query[ro.name] = {}
+            m_r, p_r = evaluate_readout(q_r, db_r, test_labels, db_labels, method, ro, cfg, device, ds.multi_label,
+                                        per_query=per_query[ro.name])
             res_v = _evaluate(readout_codes(val_z, ro), db_r, val.labels.cpu(), db_labels, method, (100,), device,
                               ds.multi_label, distance=ro.distance)
             readouts[ro.name] = {"code_type": ro.code_type, "distance": ro.distance,
@@ -530,7 +543,10 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         t_ph = time.perf_counter()
         files = {"codes.npz": _npz_bytes(**codes),
                  "model.pt": _torch_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()}),
-                 "config.json": (json.dumps(cfg.to_dict(), indent=2) + "\n").encode()}
+                 "config.json": (json.dumps(cfg.to_dict(), indent=2) + "\n").encode(),
+                 # "<readout>:test_<metric>" -> float16 per test query (row order of codes.npz's queries)
+                 PER_QUERY_FILE: _npz_bytes(query_index=test.index.cpu().numpy(), **{
+                     f"{ro_name}:{k}": v for ro_name, vals in per_query.items() for k, v in vals.items()})}
         for name, data in files.items():
             _atomic_write_bytes(os.path.join(cfg.run_dir, name), data)
         timings["write_s"] = time.perf_counter() - t_ph  # the run directory's files

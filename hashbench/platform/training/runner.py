@@ -144,7 +144,7 @@ def run_training(cfg: TrainConfig, callbacks: Optional[list] = None,
             raise HashbenchError(f"run {cfg.run_id}: Ray Train returned no final checkpoint")
         with result.checkpoint.as_directory() as d:
             os.makedirs(cfg.run_dir, exist_ok=True)
-            for name in ("config.json", "codes.npz", "model.pt", "metrics.json"):
+            for name in ("config.json", "codes.npz", "per_query.npz", "model.pt", "metrics.json"):
                 shutil.copyfile(os.path.join(d, name), os.path.join(cfg.run_dir, f".{name}.tmp"))
                 os.replace(os.path.join(cfg.run_dir, f".{name}.tmp"), os.path.join(cfg.run_dir, name))
     return RunResult.load(cfg.run_dir)
