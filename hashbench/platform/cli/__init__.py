@@ -20,7 +20,7 @@ from hashbench.platform.errors import HashbenchError, HashbenchWarning
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # (module in this package, in the order they are listed by --help)
-SUBCOMMANDS = ["data", "methods", "eval", "train", "fewshot", "sweep", "leaderboard", "reproduce",
+SUBCOMMANDS = ["data", "methods", "eval", "train", "fewshot", "sweep", "leaderboard", "compare", "reproduce",
                "quickstart", "dashboard"]
 
 
