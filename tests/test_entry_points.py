@@ -45,6 +45,12 @@ def _json_out(text: str) -> dict:
     return json.loads(text[text.index("{"):])
 
 
+def _threads_used(run_dir: str) -> set:
+    """The torch thread counts in effect while each epoch of the run trained (its history)."""
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        return {row["torch_threads"] for row in json.load(f)["history"]}
+
+
 def _test_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float)}
 
@@ -79,6 +85,8 @@ def test_train_local_sweep_and_reproduce_agree_exactly(ray_session, store, tmp_p
     assert main(["train", *TRAIN, *common, "--run-name", "via-local", "--local"]) == 0
     local = _json_out(capsys.readouterr().out)
     assert torch.get_num_threads() == 2
+    assert _threads_used(local["run_dir"]) == {1}  # the recorded count, not this process's 2
+    assert _threads_used(ray_run["run_dir"]) == {1}
     assert _test_metrics(local["metrics"]) == reference
     assert local["metrics"]["val_mAP@100"] == ray_run["metrics"]["val_mAP@100"]
 
@@ -105,12 +113,14 @@ def test_train_local_sweep_and_reproduce_agree_exactly(ray_session, store, tmp_p
     trial = rows.filter(pl.col("sweep_id") == "one").row(0, named=True)
     assert trial["status"] == "completed" and json.loads(trial["config_json"])["torch_threads"] == 1
     assert _test_metrics(json.loads(trial["metrics_json"])) == reference
+    assert _threads_used(trial["run_dir"]) == {1}
 
     # 4. reproduce the Ray run from its row (re-trained in this process, still with 2 threads here)
     assert main(["reproduce", "via-ray", "--leaderboard", str(lb), "--out", str(tmp_path / "re"), "--json",
                  "--tolerance", "0"]) == 0
     rep = _json_out(capsys.readouterr().out)
     assert rep["max_abs_test_diff"] == 0.0
+    assert torch.get_num_threads() == 2 and _threads_used(rep["run_dir"]) == {1}
     assert {m["metric"]: m["reproduced"] for m in rep["metrics"] if m["metric"] in reference} == reference
 
     # the train rows are in the leaderboard (keyed by run id, no sweep id) beside the trial's

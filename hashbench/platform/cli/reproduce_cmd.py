@@ -85,7 +85,7 @@ def run(args) -> int:
     rows = compare(json.loads(row["metrics_json"] or "{}"), result.metrics)
     worst = max((abs(d) for k, _, _, d in rows if k.startswith("test_") and math.isfinite(d)), default=0.0)
     if args.json:
-        print(json.dumps({"run_id": row["run_id"], "reproduced_run": result.run_id, "max_abs_test_diff": worst,
+        print(json.dumps({"run_id": row["run_id"], "reproduced_run": result.run_id, "run_dir": result.run_dir, "max_abs_test_diff": worst,
                           "metrics": [dict(zip(("metric", "recorded", "reproduced", "diff"), r)) for r in rows]},
                          indent=2))
     else:

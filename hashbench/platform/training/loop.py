@@ -450,7 +450,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
                 st["stopped_early"] = True
         lr = float(optimizer.param_groups[0]["lr"])
         row = {"epoch": epoch, "val_mAP@100": vmap, **loss_terms, "lr": lr,
-               "train_s": train_s, "train_images_per_s": mine.numel() * world / max(train_s, 1e-9)}
+               "train_s": train_s, "train_images_per_s": mine.numel() * world / max(train_s, 1e-9),
+               "torch_threads": torch.get_num_threads()}  # in effect while the epoch trained
         if stepper is not None:
             row["cuda_graph"] = stepper.failed is None and stepper.captures > 0
         st["history"].append(row)
