@@ -37,6 +37,7 @@ def write_run(tmp, lbdir, method, dataset, seed, bits=32, fingerprint=None, prot
     run_dir = tmp / "runs" / run_id
     run_dir.mkdir(parents=True)
     vals = per_query(dataset, method, seed)[:n] if values is None else np.asarray(values, np.float16)
+    np.savez(run_dir / "codes.npz", bits=np.int64(bits))      # the dashboard follows run dirs that have codes
     if per_query_file:
         np.savez(run_dir / "per_query.npz", query_index=np.arange(1000, 1000 + vals.size),
                  **{"sign:test_mAP@100": vals, "sign:test_P@10": vals / 2})
@@ -185,3 +186,34 @@ def test_across_datasets_needs_one_code_length_and_two_datasets(board, tmp_path,
     one = build(tmp_path, datasets=("d1",), seeds=(0,))
     assert main(["compare", "--across-datasets", "--bits", "32", "--leaderboard", str(one)]) == 0
     assert "the Friedman test needs at least 2 datasets" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------- dashboard view
+
+@pytest.mark.timeout(120)
+def test_dashboard_compare_view_cd_diagram_and_who_wins(board, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from hashbench.dashboards import app_path
+
+    _, lbdir = board
+    monkeypatch.setenv("HASHBENCH_LEADERBOARD", str(lbdir))
+    at = AppTest.from_file(str(app_path()), default_timeout=60).run()
+    at.radio(key="view").set_value("Compare").run()
+    assert not at.exception, [e.value for e in at.exception]
+    cd, wins = (json.loads(c.proto.spec) for c in at.get("plotly_chart"))
+    # every figure states metric, protocol and the numbers of datasets, seeds and queries behind it
+    for fig in (cd, wins):
+        title = fig["layout"]["title"]["text"]
+        assert all(s in title for s in ("mAP@100 at bits = 32", "protocol common", "4 datasets", "3 seed(s)",
+                                        f"{N_QUERIES} test queries"))
+    # CD diagram: each method's marker at its average rank (hand values as in the CLI test), the CD bar
+    ranks = {tr["name"]: tr["x"][0] for tr in cd["data"] if tr["name"] in METHODS}
+    assert ranks == pytest.approx({"ma": 1.0, "mb": 2.25, "mc": 2.75})
+    bar = next(tr for tr in cd["data"] if tr["name"] == "CD")
+    assert bar["x"][1] - bar["x"][0] == pytest.approx(2.343 * math.sqrt(12 / 24), abs=2e-3)
+    # who wins: wins/ties/losses text, rows A vs columns B
+    heat = wins["data"][0]
+    cell = {(a, b): heat["text"][i][j] for i, a in enumerate(heat["y"]) for j, b in enumerate(heat["x"])}
+    assert cell[("ma", "mb")] == "4/0/0" and cell[("mb", "mc")] == "3/0/1" and cell[("mc", "mb")] == "1/0/3"
+    assert "12 seed-matched t-tests" in wins["layout"]["title"]["text"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from hashbench.dashboards import leaderboard_dir, results
-from hashbench.dashboards.views import curves, gallery_view, leaderboard, lengths, speed, sweep
+from hashbench.dashboards.views import compare, curves, gallery_view, leaderboard, lengths, speed, sweep
 from hashbench.platform.errors import HashbenchError
 
 VIEWS = {
@@ -24,6 +24,7 @@ VIEWS = {
     "Retrieval gallery": gallery_view.render,
     "Sweep": sweep.render,
     "Speed": speed.render,
+    "Compare": compare.render,
 }
 
 
