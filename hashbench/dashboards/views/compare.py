@@ -23,7 +23,7 @@ def basis(t: S.RankTable) -> str:
     seeds = sorted({int(s) for s in t.seeds.ravel()}) if t.seeds.size else []
     seed_text = (f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}") if seeds else "0"
     queries = sorted({q for q in t.queries.values() if q is not None})
-    q_text = "?" if not queries else (f"{queries[0]}" if len(queries) == 1 else f"{queries[0]}–{queries[-1]}")
+    q_text = "an unknown number of" if not queries else (f"{queries[0]}" if len(queries) == 1 else f"{queries[0]}–{queries[-1]}")
     where = f"{'bits' if t.axis == 'bits' else 'storage bits'} = {t.value}"
     return (f"{t.metric.removeprefix('test_')} at {where} · protocol {t.protocol} · {len(t.datasets)} datasets · "
             f"{seed_text} seed(s) per method and dataset · {q_text} test queries per dataset")
@@ -107,9 +107,9 @@ def render(data: results.Loaded) -> None:
                             key="cmp_protocol")
     at = rows.filter(pl.col("protocol") == protocol)
     values = options(at, column)
-    cover = [at.filter(pl.col(column) == v)["dataset"].n_unique() for v in values]
+    cover = [at.filter(pl.col(column) == v).select("dataset", "entry").unique().height for v in values]
     value = c4.selectbox("Bits" if axis == "bits" else "Storage bits", values, index=cover.index(max(cover)),
-                         key="cmp_value", help="defaults to the value with the most datasets")
+                         key="cmp_value", help="defaults to the value with the most (dataset, method) results")
     t = S.rank_table(at, metric, value, axis=axis, protocol=protocol)
     for d, missing in t.dropped:
         st.caption(f"Dataset {d} is left out: no result for {', '.join(missing)}.")
