@@ -217,3 +217,12 @@ def test_dashboard_compare_view_cd_diagram_and_who_wins(board, monkeypatch):
     cell = {(a, b): heat["text"][i][j] for i, a in enumerate(heat["y"]) for j, b in enumerate(heat["x"])}
     assert cell[("ma", "mb")] == "4/0/0" and cell[("mb", "mc")] == "3/0/1" and cell[("mc", "mb")] == "1/0/3"
     assert "12 seed-matched t-tests" in wins["layout"]["title"]["text"]
+
+
+def test_unknown_metric_and_too_few_resamples_are_refused(board, capsys):
+    _, lbdir = board
+    assert main(["compare", "ma-d1-32-s0", "mb-d1-32-s0", "--metric", "mAP@5", "--leaderboard", str(lbdir)]) == 2
+    err = capsys.readouterr().err
+    assert "no per-query test_mAP@5 for readout 'sign'" in err and "test_P@10, test_mAP@100" in err
+    assert main(["compare", "ma", "mb", "--resamples", "10", "--leaderboard", str(lbdir)]) == 2
+    assert "--resamples: 10 is too few" in capsys.readouterr().err
