@@ -226,3 +226,11 @@ def test_unknown_metric_and_too_few_resamples_are_refused(board, capsys):
     assert "no per-query test_mAP@5 for readout 'sign'" in err and "test_P@10, test_mAP@100" in err
     assert main(["compare", "ma", "mb", "--resamples", "10", "--leaderboard", str(lbdir)]) == 2
     assert "--resamples: 10 is too few" in capsys.readouterr().err
+
+
+def test_across_datasets_refuses_a_dataset_with_two_fingerprints(tmp_path, capsys):
+    lbdir = build(tmp_path, methods=("ma", "mb", "mc"), datasets=("d1", "d2"), seeds=(0,))
+    write_run(tmp_path, lbdir, "md", "d1", 0, fingerprint="changed", values=per_query("d1", "ma", 1))
+    write_run(tmp_path, lbdir, "md", "d2", 0, values=per_query("d2", "ma", 1))
+    assert main(["compare", "--across-datasets", "--bits", "32", "--leaderboard", str(lbdir)]) == 2
+    assert "dataset fingerprint 'fp-d1' vs 'changed'" in capsys.readouterr().err

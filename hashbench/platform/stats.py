@@ -236,7 +236,8 @@ def method_runs(df, entry: str, metric: str, axis: str = "bits"):
     out = {}
     axis_col = lb.AXES[axis][-1]
     for b in best.iter_rows(named=True):
-        same = mine.filter(pl.all_horizontal([pl.col(k) == b[k] for k in lb.SEED_KEY]) & pl.col(col).is_not_null())
+        same = mine.filter(pl.all_horizontal([pl.col(k) == b[k] for k in lb.SEED_KEY]) & pl.col(col).is_not_null()
+                           & (pl.col("dataset_fingerprint") == b["dataset_fingerprint"]).fill_null(True))
         same = same.sort("role", descending=True).unique(subset=["seed"], keep="first").sort("seed")
         out[(b["protocol"], b["dataset"], b[axis_col])] = same.to_dicts()
     return out
@@ -334,12 +335,14 @@ def rank_table(df, metric: str = "mAP@100", value: Optional[int] = None, axis: s
                              f"{sorted(set(df[axis_col].to_list()))}")
     df = df.filter(pl.col(axis_col) == int(value))
     entries = sorted(methods or set(df["entry"].drop_nulls().to_list()))
-    cells, seeds, queries = {}, {}, {}
+    cells, seeds, queries, fingerprints = {}, {}, {}, {}
     for e in entries:
         for (proto, ds, _), rows in method_runs(df, e, metric, axis).items():
             cells[(ds, e)] = float(np.mean([r[col] for r in rows]))
             seeds[(ds, e)] = len(rows)
             queries.setdefault(ds, _queries_of(rows[0]))
+            first = fingerprints.setdefault(ds, (e, rows[0]))
+            check_comparable(first[1], rows[0], f"{first[0]} on {ds}", f"{e} on {ds}")
     all_ds = sorted({d for d, _ in cells})
     keep = [d for d in all_ds if all((d, e) in cells for e in entries)]
     dropped = [(d, [e for e in entries if (d, e) not in cells]) for d in all_ds if d not in keep]
@@ -389,6 +392,7 @@ def who_wins(df, metric: str = "mAP@100", axis: str = "bits", protocol: str = "c
                 if (datasets and ds not in datasets) or (values and val not in values):
                     continue
                 ra, rb = runs[a][key], runs[b][key]
+                check_comparable(ra[0], rb[0], f"{a} on {ds}", f"{b} on {ds}")
                 st = paired_seeds({r["seed"]: r[col] for r in ra}, {r["seed"]: r[col] for r in rb})
                 p, diff = st["p"], st["mean_diff"]
                 if p is not None:
