@@ -234,3 +234,25 @@ def test_across_datasets_refuses_a_dataset_with_two_fingerprints(tmp_path, capsy
     write_run(tmp_path, lbdir, "md", "d2", 0, values=per_query("d2", "ma", 1))
     assert main(["compare", "--across-datasets", "--bits", "32", "--leaderboard", str(lbdir)]) == 2
     assert "dataset fingerprint 'fp-d1' vs 'changed'" in capsys.readouterr().err
+
+
+def test_who_wins_with_one_seed_uses_wilcoxon_over_queries(tmp_path, capsys):
+    from scipy.stats import wilcoxon
+
+    lbdir = build(tmp_path, datasets=("d1", "d2", "d3"), seeds=(0,))
+    assert main(["compare", "--across-datasets", "--bits", "32", "--leaderboard", str(lbdir)]) == 0
+    out = capsys.readouterr().out
+    assert "0 seed tests, 9 query tests" in out
+    matrix = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines()[-3:]}
+    expect = {}
+    for a, b in (("ma", "mb"), ("ma", "mc"), ("mb", "mc")):
+        w = t = lo = 0
+        for d in ("d1", "d2", "d3"):
+            x, y = per_query(d, a, 0).astype(np.float64), per_query(d, b, 0).astype(np.float64)
+            p = wilcoxon(x, y).pvalue
+            w += p < 0.05 and x.mean() > y.mean()
+            lo += p < 0.05 and x.mean() < y.mean()
+            t += p >= 0.05
+        expect[(a, b)] = f"{w}/{t}/{lo}"
+    assert matrix["ma"] == [expect[("ma", "mb")], expect[("ma", "mc")]]
+    assert matrix["mb"][1] == expect[("mb", "mc")]

@@ -63,11 +63,11 @@ from hashbench.platform.errors import HashbenchError  # noqa: E402
 def test_bootstrap_matches_a_slow_loop_with_the_same_draws():
     rng = np.random.default_rng(11)
     a, b = rng.random(57), rng.random(57) * 0.9
-    got = S.paired_bootstrap(a, b, resamples=2000, seed=5, chunk_bytes=8 * 57 * 300)   # 7 chunks
+    got = S.paired_bootstrap(a, b, resamples=2000, seed=5, chunk_bytes=4 * 57 * 300)   # 7 chunks
     draw = np.random.default_rng(5)
     means = []
     for _ in range(2000):                                 # one resample at a time, plain Python
-        idx = draw.integers(0, 57, size=57)
+        idx = draw.integers(0, 57, size=57, dtype=np.int32)
         means.append(sum(a[i] - b[i] for i in idx) / 57)
     means = np.sort(means)
     # numpy's linear quantile by hand: position (n - 1) q
