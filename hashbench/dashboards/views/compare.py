@@ -107,6 +107,9 @@ def render(data: results.Loaded) -> None:
                             key="cmp_protocol")
     at = rows.filter(pl.col("protocol") == protocol)
     values = options(at, column)
+    if not values:
+        st.info(f"No finished runs of protocol {protocol} with a {column} value.")
+        return
     cover = [at.filter(pl.col(column) == v).select("dataset", "entry").unique().height for v in values]
     value = c4.selectbox("Bits" if axis == "bits" else "Storage bits", values, index=cover.index(max(cover)),
                          key="cmp_value", help="defaults to the value with the most (dataset, method) results")
