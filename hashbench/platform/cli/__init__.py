@@ -3,7 +3,8 @@
 Each subcommand lives in its own module of this package and exposes
 ``add_parser(subparsers)``, which adds its parser and sets ``func`` (called
 with the parsed arguments, returning an exit code). Modules import heavy
-libraries (torch, ray) inside their functions so ``--help`` stays fast.
+libraries (torch, ray) inside their functions so ``--help`` stays fast, and
+``main`` imports only the module of the command it runs (``build_parser``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,18 @@ SUBCOMMANDS = ["data", "methods", "eval", "train", "fewshot", "sweep", "leaderbo
                "quickstart", "dashboard"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The ``hashbench`` parser. Given the arguments ``argv`` of a call that starts with a known
+    command, it holds that command's parser only (all that parsing them needs: the top-level parser
+    has no option before the command but ``-h`` and ``--version``); otherwise, e.g. for
+    ``hashbench --help``, every subcommand's."""
     parser = argparse.ArgumentParser(
         prog="hashbench",
         description="Benchmark hash codes and compact embeddings for medical image retrieval.")
     parser.add_argument("--version", action="version", version=f"hashbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    names = [argv[0]] if argv and argv[0] in SUBCOMMANDS else SUBCOMMANDS
+    for name in names:
         try:
             module = importlib.import_module(f"{__name__}.{name}_cmd")
         except ModuleNotFoundError as exc:
@@ -76,7 +82,8 @@ def _quiet_broken_pipe() -> int:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -58,8 +58,6 @@ def load_codes(path: str, required=REQUIRED) -> dict:
 
 
 def run(args) -> int:
-    from hashbench.platform.evaluation import evaluate
-
     same_set = getattr(args, "same_set", False)
     data = load_codes(args.codes, REQUIRED[::2] if same_set else REQUIRED)
     if same_set:                  # the query set is the database
@@ -71,11 +69,18 @@ def run(args) -> int:
         if data["query_codes"].shape[1] != bits_value:   # packed: fewer bytes than bits
             bits = bits_value
     ks = [k.strip() for k in args.k.split(",") if k.strip()]
-    res = evaluate(data["query_codes"], data["db_codes"], data["query_labels"], data["db_labels"],
-                   distance=distance, ks=ks, convention=args.convention, ties=args.ties,
+    inputs = (data["query_codes"], data["db_codes"], data["query_labels"], data["db_labels"])
+    options = dict(distance=distance, ks=ks, convention=args.convention, ties=args.ties,
                    exclude_no_hit=args.exclude_no_hit, engine=args.engine, device=args.device, bits=bits,
-                   exclude_self=same_set,
-                   hamming_radius=args.radius if distance == "hamming" else None)
+                   exclude_self=same_set, hamming_radius=args.radius if distance == "hamming" else None)
+    # exact Hamming on the CPU: the same numbers without importing torch (cpu_eval.py says when)
+    from hashbench.platform.evaluation.cpu_eval import evaluate_cpu
+
+    res = evaluate_cpu(*inputs, **options)
+    if res is None:
+        from hashbench.platform.evaluation import evaluate
+
+        res = evaluate(*inputs, **options)
     if args.json:
         print(json.dumps(res))
         return 0

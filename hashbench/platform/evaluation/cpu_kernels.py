@@ -24,17 +24,21 @@ Per query, pass 1 writes ``2 * distance + relevant`` of every item into a buffer
 
 Both run in parallel over queries (numba ``prange``, numba's own thread pool: ``NUMBA_NUM_THREADS``)
 and are compiled on first use (about 11 s for the four signatures, once per machine): ``cache=True``
-stores the machine code in ``__pycache__`` (or ``NUMBA_CACHE_DIR``), so later processes only load it
-(about 0.3 s, plus 0.2 s to import numba). Importing this module raises ImportError when numba is
+stores the machine code in ``NUMBA_CACHE_DIR``, else ``__pycache__`` beside this file, else the user's
+cache directory (``~/.cache/numba``), so later processes only load it (about 0.3 s, plus 0.2 s to
+import numba). Where none of them is writable the kernels compile in memory in each process (one
+warning; :data:`UNCACHED` lists them). Importing this module raises ImportError when numba is
 missing; the engines then keep their numpy path.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from numba import njit, prange
 
-from hashbench.platform.errors import HashbenchError
+from hashbench.platform.errors import HashbenchError, HashbenchWarning
 
 # SWAR popcount constants, as uint64 so that numba keeps the arithmetic in unsigned integers
 # (mixing uint64 with an int64 literal would promote to float64). LLVM turns the pattern into a
@@ -46,6 +50,29 @@ _H01 = np.uint64(0x0101010101010101)
 _S1, _S2, _S4, _S56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
 _NONE = np.uint32(0)
 MAX_BITS = 32767          # 2 * distance + 1 must fit the uint16 buffer
+#: names of the kernels compiled without numba's disk cache (no writable cache directory)
+UNCACHED: list = []
+
+
+def _cached_njit(**options):
+    """``njit(cache=True, **options)``. numba looks for a writable cache directory in
+    ``NUMBA_CACHE_DIR``, then ``__pycache__`` beside this file, then the user's cache directory
+    (``~/.cache/numba``); a read-only install with no writable home finds none, and numba refuses
+    ``cache=True``. The kernel is then compiled in memory in every process (the same machine code,
+    several seconds each time), with one warning that says how to get the cache back."""
+    def wrap(fn):
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError as exc:       # "cannot cache function ...: no locator available ..."
+            if "cannot cache" not in str(exc):
+                raise
+            if not UNCACHED:
+                warnings.warn(f"numba kernels are not cached ({exc}); they compile in every process. "
+                              f"Set NUMBA_CACHE_DIR to a writable directory to cache them",
+                              HashbenchWarning, stacklevel=2)
+            UNCACHED.append(fn.__name__)
+            return njit(**options)(fn)
+    return wrap
 
 
 def pack_codes(codes01: np.ndarray) -> np.ndarray:
@@ -104,7 +131,7 @@ def _level_codes(qw, ql, i, db_t, dl_t, multi, buf, scratch):
         buf[j] = 2 * buf[j] + scratch[j]
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@_cached_njit(nogil=True, boundscheck=False)
 def _count_levels(buf, i, n_out, r_out):
     """Row ``i`` of the per-level counts of all (``n_out``) and relevant (``r_out``) items from the
     per-item values ``buf`` = 2 * level + relevant."""
@@ -117,7 +144,7 @@ def _count_levels(buf, i, n_out, r_out):
         r_out[i, b] = cnt[2 * b + 1]
 
 
-@njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+@_cached_njit(parallel=True, nogil=True, boundscheck=False)
 def _ranked_sums(qw, ql, db_t, dl_t, multi, cutoffs, bits, buf_proto, self_start):
     nq, n, m = qw.shape[0], db_t.shape[1], cutoffs.shape[1]
     width = bits + 1

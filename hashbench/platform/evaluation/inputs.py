@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from hashbench.platform.errors import HashbenchError
+
+# torch is imported inside the functions that convert arrays, so that ``parse_ks`` and ``DISTANCES``
+# (used by the torch-free CPU path, ``cpu_eval``) do not load it.
 
 DISTANCES = ("hamming", "l2", "cosine")
 
@@ -44,6 +46,8 @@ class Prepared:
 
 def as_tensor(x, name: str, device: torch.device | None = None) -> torch.Tensor:
     """numpy array / torch tensor / nested list -> tensor (no copy when possible)."""
+    import torch
+
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
@@ -58,6 +62,8 @@ def as_tensor(x, name: str, device: torch.device | None = None) -> torch.Tensor:
 
 
 def _binary_codes(x: torch.Tensor, name: str, bits: int | None) -> torch.Tensor:
+    import torch
+
     if x.dim() != 2:
         raise HashbenchError(f"{name}: expected a 2-D array (n, bits), got shape {tuple(x.shape)}")
     if bits is not None:
@@ -87,6 +93,8 @@ def _binary_codes(x: torch.Tensor, name: str, bits: int | None) -> torch.Tensor:
 
 
 def _float_codes(x: torch.Tensor, name: str, distance: str) -> torch.Tensor:
+    import torch
+
     if x.dim() != 2:
         raise HashbenchError(f"{name}: expected a 2-D array (n, dim), got shape {tuple(x.shape)}")
     if x.dtype == torch.bool or x.dtype.is_complex:
@@ -105,6 +113,8 @@ def _float_codes(x: torch.Tensor, name: str, distance: str) -> torch.Tensor:
 
 
 def _labels(y: torch.Tensor, name: str, n: int, codes_name: str) -> torch.Tensor:
+    import torch
+
     if y.dim() not in (1, 2):
         raise HashbenchError(f"{name}: expected class ids (n,) or multi-hot (n, C), got shape {tuple(y.shape)}")
     if y.shape[0] != n:

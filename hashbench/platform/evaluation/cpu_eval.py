@@ -1,0 +1,315 @@
+""":func:`evaluate_cpu`: ``evaluate`` of exact Hamming codes on the CPU without importing torch.
+
+On the CPU with faiss and numba installed, ``evaluate`` (``core.py``) takes every count from the numba
+kernels of :mod:`~hashbench.platform.evaluation.cpu_kernels` once the evaluation has at least
+``engines.KERNEL_MIN_PAIRS`` query-item pairs; what is left is arithmetic on (queries, bits + 1)
+arrays: milliseconds of work, done in torch, whose import alone takes about 2 s. ``hashbench eval``
+calls this module first: it repeats that path of ``core.evaluate`` step for step in numpy (the
+numpy twins of ``metrics.grouped_sums``, ``_expected_ap_hits``, ``apply_convention`` and
+``core.relevant_counts`` below) and returns the same dictionary, or ``None`` when the call is not one
+it serves; the caller then runs ``evaluate`` (which also raises every input error, so none is
+reworded here). It serves: Hamming distance, ``device`` None or ``"cpu"``, ``engine`` ``"auto"`` or
+``"faiss"`` with faiss importable, the numba kernels on (``HASHBENCH_EVAL_NUMBA``) and importable,
+at least ``KERNEL_MIN_PAIRS`` pairs, valid codes and labels as numpy arrays; the results of
+``map_at_r=True`` without the PR curve, kNN accuracy or per-query values (what the CLI asks for).
+``HASHBENCH_EVAL_TORCH_FREE=0`` turns it off. One step is left out: the expected AP of the "hits"
+convention at the cut-off R of MAP@R, which ``evaluate`` computes and never reads.
+
+Agreement with ``evaluate``: the integer parts (histograms, kernel sums, counts, cut-offs, the
+protocol) are the same numbers; the float64 arithmetic is the same operations in the same order,
+except for three things that round differently in the last bit: sums over an axis (numpy's pairwise
+summation vs torch's vectorised one), ``exp`` and ``lgamma`` (numpy / CPython vs torch's vectorised
+functions; only in the expected AP of the "hits" convention under tie-aware ties). The metrics agree
+to about 1e-15 (printed with 4 decimals they are the same text); tests/test_eval_cli_speed.py checks
+both.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+
+import numpy as np
+
+from hashbench.platform.errors import HashbenchError
+from hashbench.platform.evaluation.inputs import parse_ks
+
+# the same names and values as in core.py / engines.py, which import torch (a test checks they agree)
+CONVENTIONS = ("hits", "min-k-r", "r")
+TIES = ("tie-aware", "index")
+KERNEL_MIN_PAIRS = 2 ** 24
+F64 = np.float64
+# dtypes that the torch path reads exactly as numpy does (no unsigned ints above 8 bits, no float16)
+_CODE_DTYPES = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                                      np.float32, np.float64)}
+_ENGINES_MODULE = "hashbench.platform.evaluation.engines"
+
+
+def enabled() -> bool:
+    """``HASHBENCH_EVAL_TORCH_FREE`` is not ``0``."""
+    return os.environ.get("HASHBENCH_EVAL_TORCH_FREE", "1") != "0"
+
+
+def evaluate_cpu(query_codes, db_codes, query_labels, db_labels, *, distance: str = "hamming",
+                 ks=(10, 100, 1000, "all"), convention: str = "hits", ties: str = "tie-aware",
+                 exclude_no_hit: bool = False, engine: str = "auto", device=None, bits: int | None = None,
+                 hamming_radius: int | None = 2, exclude_self: bool = False) -> dict | None:
+    """``evaluate(...)`` with these arguments (and ``map_at_r=True``, no ``pr_curve``, ``knn_k`` or
+    ``per_query``) computed without torch, or ``None`` when this path does not serve the call."""
+    if not enabled() or distance != "hamming" or device not in (None, "cpu") or engine not in ("auto", "faiss"):
+        return None
+    if convention not in CONVENTIONS or ties not in TIES:
+        return None
+    if hamming_radius is not None and (not isinstance(hamming_radius, (int, np.integer)) or hamming_radius < 0):
+        return None
+    if bits is not None and (not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or bits <= 0):
+        return None
+    q, d = _codes01(query_codes, bits), _codes01(db_codes, bits)
+    if q is None or d is None or q.shape[0] == 0 or d.shape[0] == 0 or q.shape[1] != d.shape[1] or q.shape[1] == 0:
+        return None
+    ql, dl = _labels(query_labels, q.shape[0]), _labels(db_labels, d.shape[0])
+    if ql is None or dl is None or ql.ndim != dl.ndim or ql.shape[1:] != dl.shape[1:]:
+        return None
+    exclude_self = bool(exclude_self)
+    if exclude_self and not (q.shape == d.shape and d.shape[0] >= 2 and np.array_equal(q, d)
+                             and np.array_equal(ql, dl)):
+        return None
+    n_db, n_q, dim = d.shape[0], q.shape[0], q.shape[1]
+    n_eff = n_db - exclude_self
+    try:
+        cutoffs = parse_ks(ks, n_eff)
+    except HashbenchError:
+        return None
+    kernels = _kernels_module(n_q * n_db, dim)
+    if kernels is None or not _faiss_available():       # evaluate would pick the torch engine
+        return None
+    return _evaluate(q, d, ql, dl, kernels, cutoffs, n_eff, convention=convention, ties=ties,
+                     exclude_no_hit=bool(exclude_no_hit), hamming_radius=hamming_radius,
+                     exclude_self=exclude_self, distance=distance)
+
+
+def _kernels_module(pairs: int, bits: int):
+    """cpu_kernels when ``FaissEngine.kernels_usable`` would say yes, else None (no warning here: the
+    torch path that runs instead gives the warning of a missing numba)."""
+    engines = sys.modules.get(_ENGINES_MODULE)           # already imported: honour its (test) settings
+    on = engines.CPU_KERNELS if engines else os.environ.get("HASHBENCH_EVAL_NUMBA", "1") != "0"
+    min_pairs = engines.KERNEL_MIN_PAIRS if engines else KERNEL_MIN_PAIRS
+    if not on or pairs < min_pairs:
+        return None
+    try:
+        module = importlib.import_module("hashbench.platform.evaluation.cpu_kernels")
+    except Exception:  # noqa: BLE001 - a missing or broken numba: the torch path handles (and warns)
+        return None
+    return module if bits <= module.MAX_BITS else None
+
+
+def _faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _codes01(x, bits):
+    """inputs._binary_codes in numpy: (n, bits) uint8 {0, 1}, or None where it would raise."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype not in _CODE_DTYPES:
+        return None
+    if bits is not None:
+        if x.dtype != np.uint8 or x.shape[1] != (bits + 7) // 8:
+            return None
+        return np.ascontiguousarray(np.unpackbits(x, axis=1)[:, :bits])   # big-endian, like np.packbits
+    if x.dtype == np.bool_:
+        return x.astype(np.uint8)
+    if not x.size or ((x == 0) | (x == 1)).all():
+        return x.astype(np.uint8)
+    if x.dtype != np.uint8 and ((x == -1) | (x == 1)).all():
+        return (x > 0).astype(np.uint8)
+    return None
+
+
+def _labels(y, n: int):
+    """inputs._labels in numpy: (n,) int64 class ids or (n, C) bool multi-hot, or None where it would raise."""
+    if not isinstance(y, np.ndarray) or y.ndim not in (1, 2) or y.shape[0] != n or y.dtype not in _CODE_DTYPES:
+        return None
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()
+                                    and (np.abs(y) < 2.0 ** 53).all()):
+        return None
+    if y.ndim == 2:
+        return y.astype(bool) if ((y == 0) | (y == 1)).all() else None
+    return y.astype(np.int64)
+
+
+def _evaluate(q, d, ql, dl, kernels, cutoffs, n_eff, *, convention, ties, exclude_no_hit, hamming_radius,
+              exclude_self, distance) -> dict:
+    """core._evaluate's kernel path (engine 'faiss', kernels usable, map_at_r) in numpy."""
+    n_db, n_q, dim = d.shape[0], q.shape[0], q.shape[1]
+    step = max(max(1, 2 ** 22 // n_db), 4096)     # core: max(chunk, 4096) with the CPU chunk
+    R_all = relevant_counts(ql, dl, max(1, 2 ** 22 // n_db))
+    self_rel = None
+    if exclude_self:
+        self_rel = np.ones(n_q, dtype=F64) if ql.ndim == 1 else ql.any(1).astype(F64)
+        R_all = R_all - self_rel
+    kvec = np.array([k for _, k in cutoffs], dtype=np.int64)
+    nk = len(cutoffs)
+    grouped = ties == "tie-aware"
+    harm = harmonic_table(n_db) if grouped else None
+    packed = kernels.PackedDatabase(d, dl)
+    per = {name: [] for name in ("hits", "ap", "p", "r", "mapr", "rprec", "hr_prec", "hr_n")}
+    for s in range(0, n_q, step):
+        qc, qlc, R = q[s:s + step], ql[s:s + step], R_all[s:s + step]
+        nq = qc.shape[0]
+        cut = np.concatenate([np.broadcast_to(kvec, (nq, nk)), R.astype(np.int64)[:, None]], 1)
+        if not grouped:                 # the kernel leaves the own item out of its sums and histograms
+            hits, S, n, r = packed.ranked_sums(qc, qlc, cut, s if exclude_self else -1)
+            ap_hits = np.divide(S, hits, out=np.zeros_like(S), where=hits > 0)
+            n, r = n.astype(F64), r.astype(F64)
+        else:
+            n, r = (x.astype(F64) for x in packed.histograms(qc, qlc))
+            if exclude_self:            # the own item leaves level 0
+                n[:, 0] -= 1
+                r[:, 0] -= self_rel[s:s + nq]
+            hits, S, ap_hits = grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits", ap_columns=nk)
+        kf = cut[:, :nk].astype(F64)
+        Rk = np.broadcast_to(R[:, None], (nq, nk))
+        per["hits"].append(hits[:, :nk])
+        per["ap"].append(apply_convention(convention, hits[:, :nk], S[:, :nk],
+                                          None if ap_hits is None else ap_hits[:, :nk], kf, Rk))
+        per["p"].append(hits[:, :nk] / kf)
+        per["r"].append(np.where(Rk > 0, hits[:, :nk] / np.maximum(Rk, 1), 0.0))
+        pos = R > 0
+        per["mapr"].append(np.where(pos, S[:, nk] / np.maximum(R, 1), 0.0))
+        per["rprec"].append(np.where(pos, hits[:, nk] / np.maximum(R, 1), 0.0))
+        if hamming_radius is not None:
+            rad = min(int(hamming_radius), dim)
+            got, good = n[:, :rad + 1].sum(1), r[:, :rad + 1].sum(1)
+            per["hr_prec"].append(np.where(got > 0, good / np.maximum(got, 1), 0.0))
+            per["hr_n"].append(got)
+
+    cat = {k: np.concatenate(v) for k, v in per.items() if v}
+    res: dict = {}
+    no_hit = {}
+    keep = (R_all > 0) if exclude_no_hit else None
+    for j, (name, _) in enumerate(cutoffs):
+        hit_any = cat["hits"][:, j] > 0
+        no_hit[name] = int((~hit_any).sum())
+        res[f"mAP@{name}"] = _mean(cat["ap"][:, j], hit_any if exclude_no_hit else None)
+        res[f"P@{name}"] = _mean(cat["p"][:, j], keep)
+        res[f"R@{name}"] = _mean(cat["r"][:, j], keep)
+    res["MAP@R"] = _mean(cat["mapr"], keep)
+    res["R-precision"] = _mean(cat["rprec"], keep)
+    if "hr_prec" in cat:
+        rad = min(int(hamming_radius), dim)
+        res[f"P@H<={rad}"] = _mean(cat["hr_prec"], keep)
+        res[f"H<={rad}-empty-queries"] = int((cat["hr_n"] == 0).sum())
+    res["protocol"] = {
+        "convention": convention, "ties": ties,
+        "no_hit": "excluded" if exclude_no_hit else "count-as-zero",
+        "no_hit_queries": no_hit, "distance": distance, "ks": [name for name, _ in cutoffs],
+        "k_effective": {name: k for name, k in cutoffs}, "engine": "faiss", "device": "cpu",
+        "n_queries": n_q, "n_db": n_db, "bits": dim,
+        "multi_label": ql.ndim == 2, "queries_without_relevant": int((R_all == 0).sum()),
+        "hamming_radius": hamming_radius, "same_set": exclude_self,
+    }
+    return res
+
+
+def _mean(x: np.ndarray, keep: np.ndarray | None = None) -> float:
+    if keep is not None:
+        x = x[keep]
+    return float(x.mean()) if x.size else 0.0
+
+
+def relevant_counts(ql: np.ndarray, dl: np.ndarray, chunk: int) -> np.ndarray:
+    """core.relevant_counts in numpy: R per query (float64; integer sums, so exact)."""
+    if ql.ndim == 1:
+        classes, counts = np.unique(dl, return_counts=True)
+        pos = np.searchsorted(classes, ql).clip(max=classes.size - 1)
+        return np.where(classes[pos] == ql, counts[pos], 0).astype(F64)
+    combos, counts = np.unique(dl.astype(np.uint8), axis=0, return_counts=True)
+    combos_f, counts = combos.astype(np.float32).T, counts.astype(F64)
+    return np.concatenate([(((ql[i:i + chunk].astype(np.float32) @ combos_f) > 0) * counts).sum(1)
+                           for i in range(0, ql.shape[0], chunk)])
+
+
+def harmonic_table(n_max: int) -> np.ndarray:
+    """metrics.harmonic_table in numpy: ``H[i] = sum_{j<=i} 1/j`` (a sequential cumulative sum)."""
+    h = np.zeros(n_max + 1, dtype=F64)
+    if n_max:
+        h[1:] = np.cumsum(1.0 / np.arange(1, n_max + 1, dtype=F64))
+    return h
+
+
+def _partial_sum(p, b, m, n0, r0, harm):
+    hdiff = harm[(n0 + m).astype(np.int64)] - harm[n0.astype(np.int64)]
+    return p * (b * m + (r0 + 1 - b * (n0 + 1)) * hdiff)
+
+
+def grouped_sums(n, r, cutoffs, harm, need_ap_hits: bool = True, ap_columns: int | None = None):
+    """metrics.grouped_sums in numpy (see there and docs/metrics.md for the formulas); ``ap_hits`` only
+    for the first ``ap_columns`` cut-offs (default all): core.evaluate reads none for the cut-off R of
+    MAP@R, whose straddling tie groups are the widest (the hypergeometric sums cost the most there)."""
+    n0 = np.cumsum(n, 1) - n
+    r0 = np.cumsum(r, 1) - r
+    p = np.where(n > 0, r / np.maximum(n, 1), 0.0)
+    b = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 0.0)
+    hits_out, s_out, ap_out = [], [], []
+    for c in range(cutoffs.shape[1]):
+        k = cutoffs[:, c:c + 1].astype(F64)
+        m = np.minimum(np.maximum(k - n0, 0), n)
+        hits_out.append((p * m).sum(1))
+        s_out.append(_partial_sum(p, b, m, n0, r0, harm).sum(1))
+        if need_ap_hits and (ap_columns is None or c < ap_columns):
+            ap_out.append(_expected_ap_hits(n, r, m, n0, r0, p, b, harm))
+    return np.stack(hits_out, 1), np.stack(s_out, 1), (np.stack(ap_out, 1) if need_ap_hits else None)
+
+
+def _lgamma_of_integers(n_max: int) -> np.ndarray:
+    """``lgamma(i)`` for i = 1..n_max (every argument of the hypergeometric law is such an integer);
+    entry 0 is a finite stand-in, read only for the entries that ``valid`` masks."""
+    return np.array([0.0] + [math.lgamma(i) for i in range(1, n_max + 1)], dtype=F64)
+
+
+def _expected_ap_hits(n, r, m, n0, r0, p, b, harm):
+    """metrics._expected_ap_hits in numpy: E[S / hits] with one straddling group per query at most."""
+    full = (m == n) & (n > 0)
+    s_full = np.where(full, _partial_sum(p, b, n, n0, r0, harm), 0.0).sum(1)
+    h_full = np.where(full, r, 0.0).sum(1)
+    straddle = (m > 0) & (m < n)
+    has = straddle.any(1)
+    det = np.where(h_full > 0, s_full / np.maximum(h_full, 1), 0.0)
+    if not has.any():
+        return det
+    rows = np.flatnonzero(has)
+    g = straddle[rows].astype(np.int64).argmax(1)[:, None]
+    ns, rs, ms, n0s, r0s = (np.take_along_axis(t[rows], g, 1) for t in (n, r, m, n0, r0))
+    hmax = int(np.minimum(ms, rs).max())
+    h = np.arange(hmax + 1, dtype=F64)[None, :]
+    valid = (h <= np.minimum(ms, rs)) & (h >= np.maximum(ms - (ns - rs), 0))
+    table = _lgamma_of_integers(int(ns.max()) + 1)
+
+    def lg(x):    # outside ``valid`` the arguments may leave the table; those entries are masked below
+        return table[np.clip(x, 0, table.size - 1).astype(np.int64)]
+
+    log_pmf = (lg(rs + 1) - lg(h + 1) - lg(rs - h + 1)
+               + lg(ns - rs + 1) - lg(ms - h + 1) - lg(ns - rs - ms + h + 1)
+               - (lg(ns + 1) - lg(ms + 1) - lg(ns - ms + 1)))
+    pmf = np.where(valid, np.exp(np.where(valid, log_pmf, 0.0)), 0.0)
+    bh = np.where(ms > 1, (h - 1) / np.maximum(ms - 1, 1), 0.0)
+    hdiff = harm[(n0s + ms).astype(np.int64)] - harm[n0s.astype(np.int64)]
+    s_h = (h / ms) * (bh * ms + (r0s + 1 - bh * (n0s + 1)) * hdiff)
+    tot_h = h_full[rows][:, None] + h
+    ap = np.where(tot_h > 0, (s_full[rows][:, None] + s_h) / np.maximum(tot_h, 1), 0.0)
+    det = det.copy()
+    det[rows] = (pmf * ap).sum(1)
+    return det
+
+
+def apply_convention(convention: str, hits, s, ap_hits, k, R):
+    """metrics.apply_convention in numpy."""
+    if convention == "hits":
+        return ap_hits
+    denom = R if convention == "r" else np.minimum(k, R)
+    return np.where(denom > 0, s / np.maximum(denom, 1), 0.0)
