@@ -9,7 +9,8 @@ extracted with ``git archive`` into a temporary directory and run from there (``
 ahead of the installed package; the script checks which copy each process imported); "after" is this
 working tree. The two are called alternately, ``--runs`` times each per tie policy, after one untimed
 call each (which compiles numba's kernels for the extracted copy, once); the table gives the median
-and the fastest call. A second table splits one call of each with ``python -X importtime``: all
+and the fastest call, and the median CPU time (user + system of all threads: less sensitive than wall
+time to other jobs on a shared machine). A second table splits one call of each with ``python -X importtime``: all
 imports, the first import of torch / numba / scipy / numpy / faiss, and the rest (reading the file,
 numba loading its cached kernels, the arithmetic). The outputs of before and after are compared: the text output
 must be the same bytes, and the ``--json`` numbers are reported as the largest absolute difference
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,15 +62,20 @@ def extract(commit: str, dest: str) -> None:
     subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
 
 
-def call(code_dir: str, args: list, importtime: bool = False):
-    """One ``python -m hashbench eval`` from ``code_dir``: (seconds, stdout, stderr)."""
+def call(code_dir: str, args: list, importtime: bool = False, cpu: list | None = None):
+    """One ``python -m hashbench eval`` from ``code_dir``: (seconds, stdout, stderr); its CPU time
+    (user + system, all threads) is appended to ``cpu`` when given."""
     env = dict(os.environ, PYTHONPATH=code_dir)
     cmd = [sys.executable] + (["-X", "importtime"] if importtime else []) + ["-m", "hashbench", "eval"] + args
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, cwd=code_dir, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if out.returncode:
         sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    if cpu is not None:
+        now = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime)
     return seconds, out.stdout, out.stderr
 
 
@@ -128,22 +135,25 @@ def main() -> None:
             diff = max(abs(jsons["before"][k] - jsons["after"][k]) for k in jsons["before"] if k != "protocol")
             same_protocol = jsons["before"]["protocol"] == jsons["after"]["protocol"]
             times = {label: [] for label in dirs}
+            cpu = {label: [] for label in dirs}
             for _ in range(opts.runs):
                 for label, d in dirs.items():
-                    times[label].append(call(d, args)[0])
+                    times[label].append(call(d, args, cpu=cpu[label])[0])
             med = {label: statistics.median(t) for label, t in times.items()}
+            cpu_med = {label: statistics.median(t) for label, t in cpu.items()}
             rows.append((ties, med["before"], min(times["before"]), med["after"], min(times["after"]),
-                         med["before"] / med["after"], same_text, same_protocol, diff))
+                         med["before"] / med["after"], cpu_med["before"], cpu_med["after"],
+                         same_text, same_protocol, diff))
             for label, d in dirs.items():
                 seconds, _, err = call(d, args, importtime=True)
                 tops = import_breakdown(err)
                 splits.append((ties, label, seconds, tops))
-        print(f"| ties | before median (min) s | after median (min) s | speed-up (medians) | text output same "
-              f"| protocol same | max abs diff of --json numbers |")
-        print("|---|---|---|---|---|---|---|")
-        for ties, bm, bmin, am, amin, speed, same, proto, diff in rows:
-            print(f"| {ties} | {bm:.2f} ({bmin:.2f}) | {am:.2f} ({amin:.2f}) | {speed:.1f}x | {same} | {proto} "
-                  f"| {diff:.1e} |")
+        print("| ties | before: wall median (min) s | after: wall median (min) s | speed-up (wall medians) "
+              "| CPU s before / after (medians) | text output same | protocol same | max abs diff of --json numbers |")
+        print("|---|---|---|---|---|---|---|---|")
+        for ties, bm, bmin, am, amin, speed, cb, ca, same, proto, diff in rows:
+            print(f"| {ties} | {bm:.2f} ({bmin:.2f}) | {am:.2f} ({amin:.2f}) | {speed:.1f}x | {cb:.2f} / {ca:.2f} "
+                  f"| {same} | {proto} | {diff:.1e} |")
         print("\nOne call under `python -X importtime` (seconds): all imports, the first import of some "
               "packages (nested ones count in both), the rest (reading the file, loading numba's cached "
               "kernels, the arithmetic):\n")

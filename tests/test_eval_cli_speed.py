@@ -188,8 +188,10 @@ CLI_PROBE = """
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = main(sys.argv[1:])
-    mods = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "hashbench.")))
-    print(json.dumps({"code": code, "stdout": out.getvalue(), "modules": mods}))
+    mods = sorted(m for m in sys.modules if m in ("torch", "scipy.linalg") or m.startswith(("torch.", "hashbench.")))
+    arraymath = sys.modules.get("numba.np.arraymath")
+    print(json.dumps({"code": code, "stdout": out.getvalue(), "modules": mods,
+                      "numba_blas": getattr(arraymath, "_HAVE_BLAS", None)}))
 """
 
 
@@ -209,6 +211,7 @@ def test_cli_prints_what_the_torch_path_prints_without_importing_torch(big_file,
     assert fast["stdout"] == slow["stdout"]
     assert "engine=faiss on cpu" in fast["stdout"]
     assert "torch" not in fast["modules"] and "torch" in slow["modules"]
+    assert "scipy.linalg" not in fast["modules"] and fast["numba_blas"] is True    # preload_cython_blas
     lazy = {"hashbench.platform.evaluation.core", "hashbench.platform.evaluation.engines",
             "hashbench.platform.evaluation.metrics"}
     others = {f"hashbench.platform.cli.{name}_cmd" for name in SUBCOMMANDS if name != "eval"}
@@ -300,3 +303,23 @@ def test_kernels_work_without_any_writable_cache_directory():
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "[[2, 3]] [[1, 2]] [] ['_count_levels', '_ranked_sums']"
     assert "NUMBA_CACHE_DIR" in lines[1] and lines[1].count("not cached") == 1
+
+
+def test_scipy_linalg_still_imports_after_the_blas_preload():
+    out = run_py("""
+        import sys
+        import numpy as np
+        from hashbench.platform.evaluation.cpu_eval import preload_cython_blas
+        assert preload_cython_blas() is True
+        assert "scipy.linalg" not in sys.modules
+        import numba.np.arraymath
+        assert numba.np.arraymath._HAVE_BLAS and "scipy.linalg" not in sys.modules
+        import scipy.linalg
+        from scipy.linalg import cython_blas
+        assert cython_blas is sys.modules["scipy.linalg.cython_blas"]
+        a, b = np.arange(6.0).reshape(2, 3), np.arange(12.0).reshape(3, 4)
+        assert np.array_equal(scipy.linalg.blas.dgemm(1.0, a, b), a @ b)
+        assert preload_cython_blas() is False          # already there: nothing to do
+        print("ok")
+    """)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -12,7 +12,8 @@ reworded here). It serves: Hamming distance, ``device`` None or ``"cpu"``, ``eng
 ``"faiss"`` with faiss importable, the numba kernels on (``HASHBENCH_EVAL_NUMBA``) and importable,
 at least ``KERNEL_MIN_PAIRS`` pairs, valid codes and labels as numpy arrays; the results of
 ``map_at_r=True`` without the PR curve, kNN accuracy or per-query values (what the CLI asks for).
-``HASHBENCH_EVAL_TORCH_FREE=0`` turns it off. One step is left out: the expected AP of the "hits"
+``HASHBENCH_EVAL_TORCH_FREE=0`` turns it off (and :func:`preload_cython_blas`, which the CLI calls
+first so that numba starts without importing all of scipy.linalg). One step is left out: the expected AP of the "hits"
 convention at the cut-off R of MAP@R, which ``evaluate`` computes and never reads.
 
 Agreement with ``evaluate``: the integer parts (histograms, kernel sums, counts, cut-offs, the
@@ -88,6 +89,41 @@ def evaluate_cpu(query_codes, db_codes, query_labels, db_labels, *, distance: st
     return _evaluate(q, d, ql, dl, kernels, cutoffs, n_eff, convention=convention, ties=ties,
                      exclude_no_hit=bool(exclude_no_hit), hamming_radius=hamming_radius,
                      exclude_self=exclude_self, distance=distance)
+
+
+def preload_cython_blas() -> bool:
+    """Let numba start without importing all of ``scipy.linalg``; for a fresh ``hashbench eval`` process.
+
+    When numba first loads (or compiles) a kernel it imports its whole library of implementations;
+    one of them, ``numba.np.arraymath``, checks that BLAS is there with ``import
+    scipy.linalg.cython_blas``, and importing that module first runs ``scipy/linalg/__init__.py``
+    (all of scipy.linalg and scipy's array-API layer: 0.3-0.7 s on the 2-core machine, a quarter of
+    the call). This loads the ``cython_blas`` extension module alone, from the same file, and
+    registers it under its name, so numba's check finds it, as it would, without the package's
+    ``__init__``. A later ``import scipy.linalg`` in the same process still works (and reuses this
+    module); only the attribute ``scipy.linalg.cython_blas`` is then missing (``from scipy.linalg
+    import cython_blas`` works). Does nothing when numba's library or scipy.linalg is already loaded,
+    and nothing (returns False) when anything differs from the expected layout. Returns whether the
+    module was loaded here."""
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules or "scipy.linalg" in sys.modules or "numba.np.arraymath" in sys.modules:
+        return False
+    try:
+        import importlib.machinery
+        import importlib.util
+
+        import scipy
+        spec = importlib.machinery.PathFinder.find_spec(name, [os.path.join(os.path.dirname(scipy.__file__),
+                                                                            "linalg")])
+        if spec is None or not isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
+            return False
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    except Exception:  # noqa: BLE001 - anything unexpected: numba imports scipy.linalg as usual
+        sys.modules.pop(name, None)
+        return False
+    return True
 
 
 def _kernels_module(pairs: int, bits: int):
