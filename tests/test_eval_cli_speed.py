@@ -141,6 +141,8 @@ def test_declines_what_it_does_not_serve(kernels_for_small_inputs, monkeypatch):
     bad_codes[0, 0] = 2                              # neither 0/1 nor -1/+1
     assert evaluate_cpu(bad_codes, db, ql, dl) is None
     assert evaluate_cpu(q, db, ql.astype(np.float64) + 0.5, dl) is None    # non-integer labels
+    assert evaluate_cpu(q, db, np.zeros((20, 0)), np.zeros((200, 0))) is None  # multi-hot without columns
+    assert evaluate_cpu(q, db, ql.astype(np.uint32), dl) is None           # uint32 labels: left to evaluate
     assert evaluate_cpu(q, db, ql, dl, exclude_self=True) is None          # queries are not the database
     monkeypatch.setenv("HASHBENCH_EVAL_TORCH_FREE", "0")
     assert evaluate_cpu(q, db, ql, dl) is None

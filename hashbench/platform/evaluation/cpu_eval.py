@@ -173,8 +173,8 @@ def _labels(y, n: int):
     if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()
                                     and (np.abs(y) < 2.0 ** 53).all()):
         return None
-    if y.ndim == 2:
-        return y.astype(bool) if ((y == 0) | (y == 1)).all() else None
+    if y.ndim == 2:                     # (n, 0): no label columns at all, left to evaluate
+        return y.astype(bool) if y.shape[1] and ((y == 0) | (y == 1)).all() else None
     return y.astype(np.int64)
 
 
