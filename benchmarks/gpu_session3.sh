@@ -8,17 +8,7 @@
 # Every stage has its own time limit; results are re-packed into $OUT after each stage, so a call cut
 # short still returns what finished.
 set -uo pipefail
-OUT=${OUT:-out}; mkdir -p "$OUT"; RES=/tmp/res; mkdir -p "$RES"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/.site:$PWD HASHBENCH_DATA=/tmp/hbdata
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-save() { tar -czf "$OUT/results_$1.tgz" -C "$RES" . 2>/dev/null; }
-stage() {  # stage NAME LIMIT_S COMMAND...
-  local name=$1 limit=$2; shift 2; mkdir -p "$RES/$name"; local t0=$SECONDS
-  echo "=== $name (limit ${limit}s) ==="
-  OUT="$RES/$name" timeout "$limit" "$@" > "$RES/$name/log.txt" 2>&1; local rc=$?
-  echo "=== $name rc=$rc in $((SECONDS - t0)) s ===" | tee -a "$RES/$name/log.txt"
-  tail -n 60 "$RES/$name/log.txt"; save "$CALL"
-}
+. benchmarks/gpu_common.sh
 CALL=${1:?A or B}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 case $CALL in

@@ -111,6 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compare", default="", metavar="A:B[,C:D]",
                     help="paired differences of test mAP@100 (entry A − entry B, same seeds) with 95 %% CIs")
     ap.add_argument("--json-out", default=None, help="also write every run, the summary and the comparisons here")
+    ap.add_argument("--leaderboard", default=None, metavar="DIR",
+                    help="also append every run's rows to this leaderboard (as hashbench train does), e.g. for "
+                         "hashbench compare")
     ap.add_argument("--merge", default="", metavar="FILE[,FILE]",
                     help="train nothing: read the runs of earlier --json-out files (e.g. parallel processes) "
                          "and print their summary and --compare tables")
@@ -145,6 +148,10 @@ def train(args, sets: dict, seeds: list) -> list:
     from hashbench.platform.registry import get_method
     from hashbench.platform.training import TrainConfig, run_local
 
+    leaderboard = None
+    if args.leaderboard:
+        from hashbench.platform.leaderboard import append_row, check_writable, now_iso, rows_from_result
+        leaderboard = check_writable(args.leaderboard)
     rows = []
     header = ("entry", "dataset", "bits", "seed", "epochs", "val mAP@100", "test mAP@100", "test mAP@all",
               "train img/s", "encode img/s", "train s", "total s", "device")
@@ -159,7 +166,10 @@ def train(args, sets: dict, seeds: list) -> list:
                         cfg = TrainConfig(method=method, dataset=dataset, bits=bits, epochs=args.epochs,
                                           params=_params_for(sets, method, dataset), batch_size=args.batch_size,
                                           seed=seed, out_dir=args.out, device=args.device)
+                        started = now_iso() if leaderboard else None
                         res = run_local(cfg)
+                        for lb_row in rows_from_result(res, started_at=started) if leaderboard else ():
+                            append_row(leaderboard, lb_row)  # one row per readout, as `hashbench train` writes
                     except HashbenchError as exc:
                         print(f"| {method} | {dataset} | {bits} | {seed} | error: {exc} |", flush=True)
                         rows.append({"entry": method, "method": method, "dataset": dataset, "bits": bits,
