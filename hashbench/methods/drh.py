@@ -1,7 +1,10 @@
 """Deep Residual Hashing (Conjeti, Guha Roy, Katouzian, Navab, arXiv 1612.05400) and its variants.
 
 Four methods share one network, a small-width ResNet (:mod:`hashbench.methods._resnet`)
-followed by a fully connected hashing layer (FCH) with tanh, ``h = tanh(W_h f + c)``:
+followed by a fully connected hashing layer (FCH) with tanh, ``h = tanh(W_h f̂ + c)``, where ``f̂`` is
+the pooled feature vector centred and scaled per channel over the batch (``fch_input="centred"``, the
+default; not in the paper: without it the codes collapse to a few constant bits, issue 19 and
+docs/methods/drh.md "Why DRH trailed DCH: diagnosis"; ``fch_input="raw"`` is the paper's ``f``):
 
 * ``drh``    — the full objective, eq. (3): ``J = J_S + λ_q J_Q + λ_b J_B + λ_o R_O``
   (+ ``λ_w R_W`` as the optimiser's weight decay); codes ``sgn(h)``.
@@ -34,7 +37,7 @@ _LOG2 = math.log(2.0)
 
 # ---------------------------------------------------------------- loss terms
 
-def retrieval_loss(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def retrieval_loss(h: torch.Tensor, labels: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Supervised retrieval loss, eq. (1) with the relaxed p_ij of Sec. 3.2.
 
     ``J_S = 1 - (1/N) Σ_i Σ_{j≠i} p_ij s_ij`` with
@@ -43,11 +46,14 @@ def retrieval_loss(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     batch size. The row softmax runs through ``log_softmax`` (log-sum-exp) with the
     diagonal at -inf, so ``p_ii = 0`` and no distance overflows. Fewer than two
     items: no neighbour exists, the sum is empty and ``J_S = 1`` (no gradient).
+
+    ``scale`` multiplies the squared distances: 1 is the paper's sum over the K bits (the default);
+    ``1/K`` makes it a per-bit mean (``distance="mean"``, measured to collapse the codes: docs).
     """
     n = h.shape[0]
     if n < 2:
         return h.sum() * 0.0 + 1.0
-    d2 = (h[:, None, :] - h[None, :, :]).pow(2).sum(-1)                       # ‖h_i - h_j‖²
+    d2 = (h[:, None, :] - h[None, :, :]).pow(2).sum(-1) * scale               # ‖h_i - h_j‖²
     eye = torch.eye(n, dtype=torch.bool, device=h.device)
     p = torch.softmax((-d2).masked_fill(eye, float("-inf")), dim=1)           # p_ij, p_ii = 0
     lab = labels.to(h.dtype)
@@ -71,8 +77,14 @@ def quantization_loss(h: torch.Tensor) -> torch.Tensor:
     return log_cosh(h.abs() - 1.0).sum() / h.shape[0]
 
 
-def bit_balance_loss(h: torch.Tensor) -> torch.Tensor:
-    """Bit balance loss ``J_B = -tr(H Hᵀ) / (2N)``, H the (N, K) matrix of codes (Sec. 3.3)."""
+def bit_balance_loss(h: torch.Tensor, centred: bool = False) -> torch.Tensor:
+    """Bit balance loss ``J_B = -tr(H Hᵀ) / (2N)``, H the (N, K) matrix of codes (Sec. 3.3).
+
+    ``centred``: H's columns (bits) centred over the batch first, ``-tr(H_c H_cᵀ) / (2N)`` =
+    ``-½ Σ_k var_k`` (biased variance of each bit over the N items).
+    """
+    if centred:
+        h = h - h.mean(dim=0, keepdim=True)
     return -(h * h).sum() / (2.0 * h.shape[0])                                  # tr(HHᵀ) = Σ_i ‖h_i‖²
 
 
@@ -98,20 +110,22 @@ class DRHLoss(nn.Module):
     Terms are computed in float32 even under bf16 autocast.
     """
 
-    def __init__(self, lambda_q: float, lambda_b: float, lambda_o: float):
+    def __init__(self, lambda_q: float, lambda_b: float, lambda_o: float, scale: float = 1.0,
+                 centred_balance: bool = False):
         super().__init__()
         self.lambda_q, self.lambda_b, self.lambda_o = lambda_q, lambda_b, lambda_o
+        self.scale, self.centred_balance = float(scale), bool(centred_balance)
 
     def forward(self, out: dict, batch, model) -> dict:
         h = out["h"].float()
-        j_s = retrieval_loss(h, batch.labels)                                     # J_S, eq. (1)
+        j_s = retrieval_loss(h, batch.labels, self.scale)                         # J_S, eq. (1)
         terms = {"J_S": j_s}
         loss = j_s
         if self.lambda_q:
             terms["J_Q"] = quantization_loss(h)
             loss = loss + self.lambda_q * terms["J_Q"]                          # + λ_q J_Q
         if self.lambda_b:
-            terms["J_B"] = bit_balance_loss(h)
+            terms["J_B"] = bit_balance_loss(h, self.centred_balance)
             loss = loss + self.lambda_b * terms["J_B"]                          # + λ_b J_B
         if self.lambda_o:
             terms["R_O"] = orthogonality_reg(model.hash_layer.weight)
@@ -132,18 +146,35 @@ def drh_width(width: int, bits: int) -> int:
 
 
 class DRHNet(nn.Module):
-    """Residual (or plain) trunk -> global average pooling -> FCH layer (K units) -> tanh."""
+    """Residual (or plain) trunk -> global average pooling -> [centring] -> FCH layer (K units) -> tanh.
 
-    def __init__(self, ctx: ModelContext, depth: int, width: int, residual: bool, stem: str):
+    ``centre`` (default, the ``fch_input="centred"`` parameter): the pooled features are standardised
+    per channel over the batch (batch norm without scale or shift; running statistics at evaluation)
+    before the FCH layer, ``h = tanh(W_h f̂ + c)``. Pooled post-ReLU features are positive with a
+    large item-independent mean, so without it ``W_h f`` carries a per-bit offset that the saturating
+    hashing losses turn into constant bits (docs/methods/drh.md, "Why DRH trailed DCH: diagnosis").
+    """
+
+    def __init__(self, ctx: ModelContext, depth: int, width: int, residual: bool, stem: str,
+                 centre: bool = True):
         super().__init__()
         self.width = drh_width(width, ctx.bits)
         self.trunk = SmallResNet(ctx.in_channels, ctx.image_size, depth, self.width, residual, stem)
+        self.centre = nn.BatchNorm1d(self.trunk.out_dim, affine=False) if centre else None
         self.hash_layer = nn.Linear(self.trunk.out_dim, ctx.bits)
         nn.init.xavier_uniform_(self.hash_layer.weight)
         nn.init.zeros_(self.hash_layer.bias)
 
+    def _centred(self, f):
+        bn = self.centre
+        if bn is None:
+            return f
+        if self.training and f.shape[0] < 2:       # one item has no batch statistics: the running ones
+            return F.batch_norm(f, bn.running_mean, bn.running_var, training=False, eps=bn.eps)
+        return bn(f)
+
     def forward(self, x) -> dict:
-        return {"h": torch.tanh(self.hash_layer(self.trunk(x)))}
+        return {"h": torch.tanh(self.hash_layer(self._centred(self.trunk(x))))}
 
     def encode(self, x):
         return self.forward(x)["h"]
@@ -166,10 +197,22 @@ def _network_params() -> tuple:
         Param("momentum", 0.9, bounds=(0, 1), help="SGD momentum (paper: 0.9)"),
         Param("weight_decay", 5e-4, search=(1e-5, 1e-3), log=True, bounds=(0, None),
               help="λ_w R_W as SGD weight decay (value not in the paper; MatConvNet's default)"),
-        Param("lr_patience", 5, type="int", bounds=(0, None),
+        Param("lr_patience", 15, type="int", bounds=(0, None),
               help="epochs without a better val mAP before lr is divided by 10"),
     )
 
+
+#: DRH-family choices around the losses (not drn-ksh's: its loss and network are built with the defaults)
+_FAMILY_PARAMS = (
+    Param("fch_input", "centred", type="choice", choices=("centred", "raw"),
+          help="FCH layer input: 'centred' = pooled features standardised per channel over the batch "
+               "(default, issue 19: 'raw' lets the hashing losses saturate bits to constants), "
+               "'raw' = as the paper's figure"),
+    Param("distance", "sum", type="choice", choices=("sum", "mean"),
+          help="J_S's squared distance: 'sum' over the K bits (paper) or 'mean' (sum / K)"),
+)
+_BIT_BALANCE = Param("bit_balance", "printed", type="choice", choices=("printed", "centred"),
+                     help="J_B = -tr(HHᵀ)/2N on H as printed, or on H centred per bit over the batch")
 
 _LAMBDA_O = Param("lambda_o", 0.01, search=(1e-3, 1e-1), log=True, bounds=(0, None),
                   help="weight of the orthogonality regulariser R_O (paper: 0.01)")
@@ -199,16 +242,18 @@ NB_READOUT = Readout("float", "float", "l2", label="drh-nb",
 def _register(mid: str, summary: str, *, residual: bool, hashing_losses: bool, float_codes: bool,
               readouts: tuple = ()) -> Method:
     def build_model(ctx: ModelContext, hp: dict) -> DRHNet:
-        return DRHNet(ctx, hp["depth"], hp["width"], residual, hp["stem"])
+        return DRHNet(ctx, hp["depth"], hp["width"], residual, hp["stem"], centre=hp["fch_input"] == "centred")
 
     def build_loss(ctx: ModelContext, hp: dict) -> DRHLoss:
-        return DRHLoss(hp.get("lambda_q", 0.0), hp.get("lambda_b", 0.0), hp["lambda_o"])
+        return DRHLoss(hp.get("lambda_q", 0.0), hp.get("lambda_b", 0.0), hp["lambda_o"],
+                       scale=1.0 / ctx.bits if hp["distance"] == "mean" else 1.0,
+                       centred_balance=hp.get("bit_balance", "printed") == "centred")
 
-    lambdas = (_HASH_LAMBDAS if hashing_losses else ()) + (_LAMBDA_O,)
+    lambdas = (_HASH_LAMBDAS + (_BIT_BALANCE,) if hashing_losses else ()) + (_LAMBDA_O,)
     return register(Method(
         id=mid, family="drh", summary=summary, citation=CITATION, paper=PAPER,
         build_model=build_model, build_loss=build_loss, build_optimizer=_build_sgd,
-        build_scheduler=_build_plateau, params=_network_params() + lambdas,
+        build_scheduler=_build_plateau, params=_network_params() + _FAMILY_PARAMS + lambdas,
         code_type="float" if float_codes else "binary", distance="l2" if float_codes else "hamming",
         batch_size=128, epochs=100, cuda_graph=True, readouts=readouts,
         requires=Requirements(labels=True, multi_label=True, min_image_size=8)))

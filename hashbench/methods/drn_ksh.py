@@ -2,7 +2,8 @@
 
 "DRN-KSH by training a deep residual network with only the supervised retrieval loss and quantizing
 through KSH post training": DRH's network (:class:`hashbench.methods.drh.DRHNet`: the small residual
-trunk, global average pooling, the K-unit tanh layer) and optimiser (SGD, momentum, weight decay,
+trunk, global average pooling, the per-channel centring of the pooled features that DRH's default
+``fch_input="centred"`` adds, the K-unit tanh layer) and optimiser (SGD, momentum, weight decay,
 lr / 10 on a validation plateau), trained with the loss of eq. (3) reduced to its first term,
 
     J = J_S = 1 − (1/N) Σ_i Σ_{j≠i} p_ij s_ij                       (eq. 1; drh.retrieval_loss)
