@@ -6,20 +6,25 @@ Per-epoch rows come from the run's history (mean train loss terms over the epoch
 learning rate). Experiments (``--experiments``, comma-separated; default all):
 
 * ``curves``   per-epoch J_S, J_Q, J_B, R_O, lr and val mAP for drh, drh-nq, dph and dch.
+* ``bits``     bit usage of the database codes of the runs so far (constant bits, distinct codes).
 * ``codes``    the trained drh model's code statistics: mean |h|, squared distance between items, the
-               perplexity of the NCA rows p_i· (how many neighbours a row's softmax spreads over).
-* ``lr``       drh at several learning rates, and the paper's step schedule vs the plateau.
+               perplexity of the NCA rows p_i· (how many neighbours a row's softmax spreads over),
+               with the J_S distance summed over bits (paper) or averaged, at 16 and 64 bits.
+* ``balance``  drh and dph with J_B as printed vs centred per bit.
+* ``lr``       drh at several learning rates, with the plateau schedule (patience 5) and without decay.
 * ``scale``    drh at 16 and 64 bits with the J_S distance as a sum over bits vs a mean over bits.
 * ``wd``       weight decay.
 * ``batch``    batch size.
 * ``arch``     width and depth.
-* ``epochs``   drh vs dch at 1x, 2x, 4x the epochs.
-* ``after``    before/after: drh, drh-nq, dph vs dch, old defaults (``--old``) vs the current ones,
-               per dataset, code length and seed, with means and 95 % intervals.
+* ``epochs``   drh (old and current defaults) vs dch at 1x, 2x, 4x the epochs.
+* ``after``    before/after: drh, drh-nq, dph, old defaults (``OLD_DEFAULTS``) vs the current ones, and
+               dch, per dataset, code length and seed, with means, 95 % intervals and constant bits.
 
-Usage (CPU, small; the tables of docs/methods/drh.md):
+``--old`` runs the DRH family with ``OLD_DEFAULTS`` in every experiment except ``after`` and ``epochs``
+(which run both). Usage (CPU, small; the tables of docs/methods/drh.md, old network):
 
-    python benchmarks/drh_diagnosis.py --device cpu --threads 1 --epochs 4 --experiments curves,codes
+    python benchmarks/drh_diagnosis.py --device cpu --threads 1 --epochs 4 --old --experiments curves,bits
+    python benchmarks/drh_diagnosis.py --old --datasets busi --epochs 15 --seeds 2 --experiments lr,balance
 
 On a GPU at full size (issue 19's acceptance table, 3 seeds):
 
@@ -91,7 +96,10 @@ class Runner:
         self.records = []
         self.cpu_s = 0.0
 
-    def __call__(self, method, dataset, bits, epochs, seed=0, params=None, batch_size=None, tag=""):
+    def __call__(self, method, dataset, bits, epochs, seed=0, params=None, batch_size=None, tag="", old=None):
+        """One run; ``old`` (default: ``--old``) puts the pre-fix defaults under ``params`` (DRH family)."""
+        if (self.args.old if old is None else old) and method in FAMILY:
+            params = {**OLD_DEFAULTS, **(params or {})}
         res, wall = run(method, dataset, bits, epochs, seed, self.args.device, self.args.threads, params,
                         batch_size, self.out)
         self.cpu_s += wall
@@ -111,7 +119,7 @@ class Runner:
 def curves(r: Runner, ds, bits, epochs):
     print(f"\n### Learning curves: {ds}, {bits} bits, {epochs} epochs (seed 0)\n")
     for m in FAMILY + ("dch",):
-        rec = r(m, ds, bits, epochs, params=OLD_DEFAULTS if (r.args.old and m in FAMILY) else None)
+        rec = r(m, ds, bits, epochs)
         keys = [k for k in ("J_S", "J_Q", "J_B", "R_O", "classification", "quantization", "loss")
                 if k in rec["history"][0]]
         rows = [[h["epoch"]] + [h[k] for k in keys] + [h["lr"], h["val_mAP@100"]] for h in rec["history"]]
@@ -120,7 +128,7 @@ def curves(r: Runner, ds, bits, epochs):
         print(table(["epoch"] + keys + ["lr", "val mAP@100"], rows))
 
 
-def code_stats(run_dir, dataset, bits, device, params=None):
+def code_stats(run_dir, dataset, bits):
     """Statistics of a trained drh model's tanh outputs on 512 train items (train-mode batches of 128 are
     what J_S sees; here eval mode): mean |h|, median squared distance between items of the same / different
     class, and the mean perplexity exp(entropy) of the NCA rows p_i· over batches of 128."""
@@ -168,7 +176,7 @@ def codes(r: Runner, ds, epochs):
     for bits in (16, 64):
         for dist in ("sum", "mean"):
             rec = r("drh", ds, bits, epochs, params={"distance": dist}, tag=f"drh distance={dist}")
-            st = code_stats(rec["run_dir"], ds, bits, r.args.device, rec["params"])
+            st = code_stats(rec["run_dir"], ds, bits)
             rows.append([bits, dist, st["mean|h|"], st["d2_same"], st["d2_diff"], st["perplexity"],
                          rec["test_mAP@100"]])
     print(table(["bits", "J_S distance", "mean abs h", "median d2 same class", "median d2 other class",
@@ -234,7 +242,7 @@ def after(r: Runner, datasets, bits_list, seeds, epochs_for, methods=FAMILY, wit
                     if label not in sides:
                         cells += ["-", "-"]
                         continue
-                    recs = [r(m, ds, bits, ep, seed=s, params=params, tag=f"{m} {label}") for s in seeds]
+                    recs = [r(m, ds, bits, ep, seed=s, params=params, tag=f"{m} {label}", old=False) for s in seeds]
                     mm, hh = mean_ci([x["test_mAP@100"] for x in recs])
                     const = sum(bit_usage_of(x["run_dir"])[0] for x in recs) / len(recs)
                     cells += [_pm(mm, hh), const]
@@ -257,7 +265,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--old", action="store_true", help="curves: drh family with the old defaults")
+    p.add_argument("--old", action="store_true",
+                   help="run the DRH family with the pre-fix defaults (OLD_DEFAULTS) in every experiment but "
+                        "'after' and 'epochs', which run both")
     p.add_argument("--methods", default=",".join(FAMILY), help="after: DRH-family methods to compare")
     p.add_argument("--no-dch", action="store_true", help="after: leave out the dch reference runs")
     p.add_argument("--sides", default="before,after", help="after: which of before / after to run")
@@ -322,8 +332,8 @@ def main(argv=None) -> int:
             print(f"\n### Epochs: drh vs dch, {ds}, {bits} bits, seed 0\n")
             rows = []
             for mult in (1, 2, 4):
-                a = r("drh", ds, bits, ep * mult)["test_mAP@100"]
-                b = r("drh", ds, bits, ep * mult, params=OLD_DEFAULTS, tag="drh before")["test_mAP@100"]
+                a = r("drh", ds, bits, ep * mult, old=False)["test_mAP@100"]
+                b = r("drh", ds, bits, ep * mult, tag="drh before", old=True)["test_mAP@100"]
                 c = r("dch", ds, bits, ep * mult)["test_mAP@100"]
                 rows.append([ep * mult, b, a, c])
             print(table(["epochs", "drh old defaults", "drh defaults", "dch"], rows))
