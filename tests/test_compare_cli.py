@@ -201,6 +201,10 @@ def test_dashboard_compare_view_cd_diagram_and_who_wins(board, monkeypatch):
     at = AppTest.from_file(str(app_path()), default_timeout=60).run()
     at.radio(key="view").set_value("Compare").run()
     assert not at.exception, [e.value for e in at.exception]
+    assert at.radio(key="cmp_axis").value == "Storage bits per database item"  # equal storage by default
+    assert "storage bits = 32" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+    at.radio(key="cmp_axis").set_value("Code length (bits / dimensions)").run()
+    assert not at.exception, [e.value for e in at.exception]
     cd, wins = (json.loads(c.proto.spec) for c in at.get("plotly_chart"))
     # every figure states metric, protocol and the numbers of datasets, seeds and queries behind it
     for fig in (cd, wins):
