@@ -9,6 +9,7 @@ from hashbench.platform.errors import HashbenchError
 from hashbench.platform.evaluation import metrics as M
 from hashbench.platform.evaluation.engines import APPROXIMATE, build_engine, choose_engine
 from hashbench.platform.evaluation.inputs import Prepared, parse_ks, prepare
+from hashbench.platform.evaluation.summary import summarise
 
 CONVENTIONS = ("hits", "min-k-r", "r")
 TIES = ("tie-aware", "index")
@@ -70,12 +71,6 @@ def _chunk_size(prep: Prepared, override: int | None) -> int:
         return int(override)
     budget = 2 ** 30 if prep.db.device.type == "cuda" else 2 ** 22
     return max(1, budget // prep.db.shape[0])
-
-
-def _mean(x: torch.Tensor, keep: torch.Tensor | None = None) -> float:
-    if keep is not None:
-        x = x[keep]
-    return float(x.mean().item()) if x.numel() else 0.0
 
 
 def evaluate(query_codes, db_codes, query_labels, db_labels, *, distance: str = "hamming",
@@ -253,25 +248,10 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
             per["pr_r"].append(torch.where(R[:, None] > 0, good / R.clamp_min(1)[:, None], 0.0))
 
     cat = {k: torch.cat(v) for k, v in per.items() if v}
-    res: dict = {}
-    no_hit = {}
-    # the no-hit policy "excluded": queries without any relevant item leave every average
-    keep = (R_all > 0) if exclude_no_hit else None
-    for j, (name, _) in enumerate(cutoffs):
-        hit_any = cat["hits"][:, j] > 0
-        no_hit[name] = int((~hit_any).sum())
-        res[f"mAP@{name}"] = _mean(cat["ap"][:, j], hit_any if exclude_no_hit else None)
-        res[f"P@{name}"] = _mean(cat["p"][:, j], keep)
-        res[f"R@{name}"] = _mean(cat["r"][:, j], keep)
-    if map_at_r:
-        res["MAP@R"] = _mean(cat["mapr"], keep)
-        res["R-precision"] = _mean(cat["rprec"], keep)
+    res, no_hit, keep = summarise(cat, cutoffs, R_all, exclude_no_hit, map_at_r=map_at_r,
+                                  hamming_radius=hamming_radius, dim=prep.dim)
     if per_query:
         res["per_query"] = _per_query(cat, cutoffs, keep, exclude_no_hit, map_at_r)
-    if "hr_prec" in cat:
-        rad = min(int(hamming_radius), prep.dim)
-        res[f"P@H<={rad}"] = _mean(cat["hr_prec"], keep)
-        res[f"H<={rad}-empty-queries"] = int((cat["hr_n"] == 0).sum())
     if pr_curve:
         rows = slice(None) if keep is None else keep
         valid = cat["pr_n"][rows].to(F64)

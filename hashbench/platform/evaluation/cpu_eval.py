@@ -38,6 +38,7 @@ import numpy as np
 
 from hashbench.platform.errors import HashbenchError
 from hashbench.platform.evaluation.inputs import parse_ks
+from hashbench.platform.evaluation.summary import summarise
 
 # the same names and values as in core.py / engines.py, which import torch (a test checks they agree)
 CONVENTIONS = ("hits", "min-k-r", "r")
@@ -227,21 +228,7 @@ def _evaluate(q, d, ql, dl, kernels, cutoffs, n_eff, *, convention, ties, exclud
             per["hr_n"].append(got)
 
     cat = {k: np.concatenate(v) for k, v in per.items() if v}
-    res: dict = {}
-    no_hit = {}
-    keep = (R_all > 0) if exclude_no_hit else None
-    for j, (name, _) in enumerate(cutoffs):
-        hit_any = cat["hits"][:, j] > 0
-        no_hit[name] = int((~hit_any).sum())
-        res[f"mAP@{name}"] = _mean(cat["ap"][:, j], hit_any if exclude_no_hit else None)
-        res[f"P@{name}"] = _mean(cat["p"][:, j], keep)
-        res[f"R@{name}"] = _mean(cat["r"][:, j], keep)
-    res["MAP@R"] = _mean(cat["mapr"], keep)
-    res["R-precision"] = _mean(cat["rprec"], keep)
-    if "hr_prec" in cat:
-        rad = min(int(hamming_radius), dim)
-        res[f"P@H<={rad}"] = _mean(cat["hr_prec"], keep)
-        res[f"H<={rad}-empty-queries"] = int((cat["hr_n"] == 0).sum())
+    res, no_hit, _ = summarise(cat, cutoffs, R_all, exclude_no_hit, hamming_radius=hamming_radius, dim=dim)
     res["protocol"] = {
         "convention": convention, "ties": ties,
         "no_hit": "excluded" if exclude_no_hit else "count-as-zero",
@@ -252,12 +239,6 @@ def _evaluate(q, d, ql, dl, kernels, cutoffs, n_eff, *, convention, ties, exclud
         "hamming_radius": hamming_radius, "same_set": exclude_self,
     }
     return res
-
-
-def _mean(x: np.ndarray, keep: np.ndarray | None = None) -> float:
-    if keep is not None:
-        x = x[keep]
-    return float(x.mean()) if x.size else 0.0
 
 
 def relevant_counts(ql: np.ndarray, dl: np.ndarray, chunk: int) -> np.ndarray:
