@@ -6,6 +6,7 @@
 # at 16/32/64 bits, SEEDS seeds each (default 3), 95 % Student-t intervals and paired differences.
 #   bash benchmarks/baselines_gpu.sh busi                      # built-in 64-px BUSI
 #   CHULA=.gpudata/chula_rbc12 bash benchmarks/baselines_gpu.sh chula
+# LIMIT_S caps each process (what finished by then is merged; train_matrix.py writes after every run).
 # The eight methods run as eight processes side by side on the GPU (each a train_matrix.py over
 # bits x seeds), then train_matrix.py --merge prints the summary and the comparisons.
 # Results: ${OUT:-out}/baselines_<stage>_<method>_b<bits>.{md,json} (one per process, written after every
@@ -28,7 +29,7 @@ SETS="--set dch-sdh@busi:anchors=500 --set constellation@busi:K=2 --set constell
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 pids=()
 for m in dch dch-ksh dch-sdh dch-cca-itq drh drn-ksh constellation ce-embedding; do
-  python benchmarks/train_matrix.py --methods $m --datasets "$DATA" --bits $BITS --epochs $EPOCHS --seeds $SEEDS \
+  timeout "${LIMIT_S:-86400}" python benchmarks/train_matrix.py --methods $m --datasets "$DATA" --bits $BITS --epochs $EPOCHS --seeds $SEEDS \
       $SETS --device cuda --out /tmp/runs_baselines --json-out "$OUT/baselines_${stage}_${m}_b$TAG.json" \
       > "$OUT/baselines_${stage}_${m}_b$TAG.md" 2>&1 &
   pids+=($!)

@@ -109,6 +109,9 @@ class Runner:
                "best_epoch": res.best_epoch, "history": res.history, "wall_s": wall, "run_dir": res.run_dir,
                "readouts": {k: float(v["metrics"]["test_mAP@100"]) for k, v in res.readouts.items()}}
         self.records.append(rec)
+        if self.args.json_out:   # after every run, so a run cut short by a time limit keeps what finished
+            with open(self.args.json_out, "w") as f:
+                json.dump(self.records, f, indent=1, default=str)
         print(f"  [{wall:6.1f} s] {tag or method:28s} {dataset:15s} {bits:3d} b  seed {seed}  "
               f"test mAP@100 {rec['test_mAP@100']:.4f}  {json.dumps(rec['params'])}", flush=True)
         return rec
