@@ -32,7 +32,7 @@ def per_query(dataset: str, method: str, seed: int) -> np.ndarray:
 
 
 def write_run(tmp, lbdir, method, dataset, seed, bits=32, fingerprint=None, protocol="common", n=N_QUERIES,
-              values=None, per_query_file=True, run_id=None):
+              values=None, per_query_file=True, run_id=None, code_type="binary", storage_bits=None):
     run_id = run_id or f"{method}-{dataset}-{bits}-s{seed}"
     run_dir = tmp / "runs" / run_id
     run_dir.mkdir(parents=True)
@@ -44,7 +44,7 @@ def write_run(tmp, lbdir, method, dataset, seed, bits=32, fingerprint=None, prot
     mean = float(vals.astype(np.float64).mean())
     row = {"sweep_id": "", "trial_id": "", "run_id": run_id, "status": "completed", "method": method,
            "family": method, "dataset": dataset, "dataset_fingerprint": fingerprint or f"fp-{dataset}",
-           "bits": bits, "code_type": "binary", "storage_bits": bits, "val_mAP@100": mean,
+           "bits": bits, "code_type": code_type, "storage_bits": storage_bits or bits, "val_mAP@100": mean,
            "test_mAP@100": mean, "seed": seed, "epochs": 1, "params_json": json.dumps({"lr": 0.1}),
            "role": "trial" if seed == 0 else "seed", "finished_at": f"2026-01-01T00:00:0{seed}+00:00",
            "metric_convention": "hits", "tie_policy": "tie-aware", "no_hit_policy": "include",
@@ -260,3 +260,28 @@ def test_who_wins_with_one_seed_uses_wilcoxon_over_queries(tmp_path, capsys):
         expect[(a, b)] = f"{w}/{t}/{lo}"
     assert matrix["ma"] == [expect[("ma", "mb")], expect[("ma", "mc")]]
     assert matrix["mb"][1] == expect[("mb", "mc")]
+
+
+def test_two_methods_default_to_equal_storage_not_equal_code_length(tmp_path, capsys):
+    """A 4-dim float32 embedding stores 128 bits per item: by default it is compared with 128-bit codes, not
+    with 4-bit codes; --axis bits compares equal code lengths (dimensions = bits) instead."""
+    lbdir = tmp_path / "lb"
+    weak = {s: np.clip(per_query("d1", "mb", s).astype(np.float64) - 0.3, 0, 1) for s in SEEDS}
+    for s in SEEDS:
+        write_run(tmp_path, lbdir, "ma", "d1", s, bits=4, code_type="float", storage_bits=128)
+        write_run(tmp_path, lbdir, "mb", "d1", s, bits=128)
+        write_run(tmp_path, lbdir, "mb", "d1", s, bits=4, values=weak[s], run_id=f"mb-d1-4b-s{s}")
+
+    def row(args):
+        assert main(["compare", "ma", "mb", "--dir", str(lbdir)] + args) == 0
+        lines = capsys.readouterr().out.splitlines()
+        header = lines[1].split()
+        cells = next(line for line in lines if line.startswith("common")).split()
+        return header[2], int(cells[2]), float(cells[4])
+
+    b128 = float(np.mean([per_query("d1", "mb", s).astype(np.float64).mean() for s in SEEDS]))
+    b4 = float(np.mean([w.astype(np.float16).astype(np.float64).mean() for w in weak.values()]))
+    axis, value, b_mean = row([])
+    assert (axis, value) == ("storage", 128) and b_mean == pytest.approx(b128, abs=1e-4)
+    axis, value, b_mean = row(["--axis", "bits"])
+    assert (axis, value) == ("bits", 4) and b_mean == pytest.approx(b4, abs=1e-4)

@@ -22,8 +22,9 @@ def add_parser(sub) -> None:
                    help="test metric (default mAP@100; any kept per query: mAP@<k>, P@<k>, MAP@R, R-precision)")
     p.add_argument("--dataset", nargs="+", help="only these datasets")
     p.add_argument("--bits", nargs="+", type=int, help="only these code lengths (--across-datasets: exactly one)")
-    p.add_argument("--axis", choices=("bits", "storage"), default="bits",
-                   help="group by code length (default) or by storage bits per item (then --bits means storage bits)")
+    p.add_argument("--axis", choices=("bits", "storage"), default="storage",
+                   help="group by storage bits per database item (default: a d-dim float32 embedding sits with "
+                        "32*d-bit codes; --bits then means storage bits) or by code length (bits)")
     p.add_argument("--protocol", default=None, help="only this protocol (default: common for --across-datasets)")
     p.add_argument("--across-datasets", action="store_true",
                    help="average ranks, Friedman test, Nemenyi CD and the who-wins matrix over datasets")
