@@ -83,7 +83,7 @@ case $CALL in
   C)
     python -c "import ray, polars" || { echo ".site is gone (machine was not warm)"; exit 3; }
     tar -xJf .gpudata/chula32.tar.xz -C "$HASHBENCH_DATA"; mkdir -p "$RES/papers"
-    stage imgs 160 bash "$0" imgs
+    stage imgs 140 bash "$0" imgs
     ray_head
     ( OUT="$RES/baselines" CHULA=chula32 LIMIT_S="$(( $(left) - 50 ))" bash benchmarks/baselines_gpu.sh chula \
         > "$RES/baselines_log.txt" 2>&1 ) &
@@ -107,7 +107,7 @@ case $CALL in
           --method "$m" --epochs 2 --no-eager 2>&1 | tail -n 8
     done
     echo "--- constellation (before: 5259925^)"
-    ( cd .gpudata/oldc && PYTHONPATH=$PWD:$PYTHONPATH timeout 75 python benchmarks/bench_train_loop.py --device cuda \
+    ( cd .gpudata/oldc && PYTHONPATH=$PWD:$PYTHONPATH timeout 60 python benchmarks/bench_train_loop.py --device cuda \
         --dataset chula32 --method constellation --epochs 2 --no-eager 2>&1 | tail -n 8 )
     ;;
   drh-after) shift; drh_after "$@" ;;
