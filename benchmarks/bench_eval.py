@@ -5,7 +5,7 @@ distances from the +-1 product, ``argsort`` (stable, i.e. ties by database index
 in the top k (the "hits" convention; no-hit queries count 0). Our numbers under the same tie policy
 (``ties="index"``) must be identical; the default tie-aware policy is timed too.
 
-    python benchmarks/bench_eval.py [--device cpu|cuda] [--quick] [--ref-queries 100] [--huge]
+    python benchmarks/bench_eval.py [--device cpu|cuda] [--quick] [--ref-queries 100] [--huge] [--repeat 1]
     python benchmarks/bench_eval.py --device cuda --check      # fused == torch on every protocol
 
 New and old path per device: on CUDA the fused Triton kernels (``engine="fused"``, what ``auto``
@@ -15,7 +15,8 @@ Both paths must give the same numbers (column ``same``; within 1e-9).
 
 Synthetic 64-bit codes: 10 classes, each code is its class centre with 30% of the bits flipped.
 The reference is timed on ``--ref-queries`` queries and extrapolated when it would take too long
-(the table says so). The one-time cost of numba's kernels (import, then compile or load from the
+(the table says so). ``--repeat N`` (CPU) times every cell, the reference's included, as the fastest
+of N calls. The one-time cost of numba's kernels (import, then compile or load from the
 cache) and of compiling the Triton kernels is printed separately and kept out of the table.
 """
 
@@ -169,6 +170,9 @@ def main() -> None:
     ap.add_argument("--engine", default="auto", help="new path (default auto: fused on CUDA, numba on CPU)")
     ap.add_argument("--old-engine", default=None,
                     help="old path (default: torch on CUDA; on CPU the numpy path, 'numpy')")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="CPU: time every cell, the reference's included, as the fastest of this many calls "
+                         "(a shared machine's load moves single calls by up to 2x)")
     ap.add_argument("--bits", type=int, default=64)
     ap.add_argument("--skip-large", action="store_true", help="leave out the 10k x 1M case")
     ap.add_argument("--skip-small", action="store_true", help="leave out the 1k x 59k cases")
@@ -240,7 +244,8 @@ def main() -> None:
         db, dl = make_codes(ndb, bits, classes, rng, centres)
         topk = ndb if k == "all" else k
         nref = nq if nq * ndb <= 59_000_000 else min(nq, args.ref_queries)
-        t_ref, m_ref = timed(lambda: reference_map(q[:nref], db, ql[:nref], dl, topk), "cpu")
+        t_ref, m_ref = timed(lambda: reference_map(q[:nref], db, ql[:nref], dl, topk), "cpu",
+                             1 if args.device == "cuda" else args.repeat)
         t_ref_full = t_ref * nq / nref
         if args.device == "cuda":
             tq, tdb = torch.from_numpy(q).cuda(), torch.from_numpy(db).cuda()
@@ -249,7 +254,7 @@ def main() -> None:
             tq, tdb, tql, tdl = q, db, ql, dl
         kw = dict(ks=(k,), convention="hits", map_at_r=False, hamming_radius=None, device=args.device)
         huge = nq * ndb > 10 ** 11
-        repeat = 1 if huge else 3 if args.device == "cuda" else 1
+        repeat = 1 if huge else 3 if args.device == "cuda" else args.repeat
         out, times = {}, {}
         for path, engine in (("new", args.engine), ("old", old)):
             if path == "old" and huge and not args.huge_old:

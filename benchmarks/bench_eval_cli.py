@@ -21,7 +21,8 @@ class centre with 30% of the bits flipped, single-label; 1000 queries x 59000 da
 
 Figures of 2026-12-02 (2-core CPU shared with other jobs, load average 2-4), and the "before" measured
 by hand before the change (median 6.56 s per call, of which about 2.4 s importing torch and numba):
-benchmarks/results/2026-12-02/eval_cli_cpu.md.
+benchmarks/results/2026-12-02/eval_cli_cpu.md. Figures of 2026-12-06 (numpy histograms for tie-aware calls,
+the shorter rank pass): benchmarks/results/2026-12-06/eval_cpu.md.
 """
 
 from __future__ import annotations

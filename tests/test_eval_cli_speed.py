@@ -25,7 +25,10 @@ import pytest
 from hashbench.platform.cli import SUBCOMMANDS, build_parser, main
 from hashbench.platform.errors import HashbenchError
 from hashbench.platform.evaluation import engines, evaluate
+from hashbench.platform.evaluation import cpu_eval
 from hashbench.platform.evaluation.cpu_eval import KERNEL_MIN_PAIRS, evaluate_cpu
+from hashbench.platform.evaluation.cpu_kernels import PackedDatabase
+from hashbench.platform.evaluation.cpu_numpy import NumpyDatabase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-12          # cpu_eval.py: sums, exp and lgamma may round differently in the last bits
@@ -58,13 +61,18 @@ def assert_same_results(fast: dict, ref: dict):
             assert fast[key] == pytest.approx(value, abs=TOL, rel=0), key
 
 
-@pytest.fixture
-def kernels_for_small_inputs(monkeypatch):
-    """Both paths take the numba kernels at any size (evaluate reads engines' threshold, and
-    evaluate_cpu honours it once engines is imported)."""
+@pytest.fixture(params=["numba", "numpy"])
+def kernels_for_small_inputs(request, monkeypatch):
+    """"numba": both paths take the numba kernels at any size (evaluate reads engines' threshold, and
+    evaluate_cpu honours it once engines is imported); "numpy": the kernels off, so evaluate_cpu counts
+    with its numpy twin (cpu_numpy.NumpyDatabase) and evaluate ranks with faiss / argsort and sums
+    with metrics.ranked_sums_np or torch histograms: independent code on both sides."""
     monkeypatch.setattr(engines, "KERNEL_MIN_PAIRS", 0)
-    monkeypatch.setattr(engines, "CPU_KERNELS", True)
+    monkeypatch.setattr(engines, "CPU_KERNELS", request.param == "numba")
     monkeypatch.delenv("HASHBENCH_EVAL_TORCH_FREE", raising=False)
+    expected = PackedDatabase if request.param == "numba" else NumpyDatabase
+    assert cpu_eval._database_class(10 ** 6, 64, histograms_only=False) is expected
+    return request.param
 
 
 # ------------------------------------------------------------------------ hand-checked values
@@ -147,8 +155,30 @@ def test_declines_what_it_does_not_serve(kernels_for_small_inputs, monkeypatch):
     monkeypatch.setenv("HASHBENCH_EVAL_TORCH_FREE", "0")
     assert evaluate_cpu(q, db, ql, dl) is None
     monkeypatch.delenv("HASHBENCH_EVAL_TORCH_FREE")
-    monkeypatch.setattr(engines, "KERNEL_MIN_PAIRS", KERNEL_MIN_PAIRS)     # 20 x 200 pairs: evaluate's numpy path
-    assert evaluate_cpu(q, db, ql, dl) is None
+    monkeypatch.setattr(engines, "KERNEL_MIN_PAIRS", KERNEL_MIN_PAIRS)     # 20 x 200 pairs: evaluate's numpy path,
+    monkeypatch.setattr(engines, "CPU_KERNELS", True)                      # evaluate_cpu's numpy twin
+    assert cpu_eval._database_class(20 * 200, 16, histograms_only=False) is NumpyDatabase
+    for ties in ("tie-aware", "index"):
+        assert_same_results(evaluate_cpu(q, db, ql, dl, ties=ties), evaluate(q, db, ql, dl, ties=ties))
+
+
+def test_one_shot_process_weighs_numbas_start_up(monkeypatch):
+    """In a one-shot process without numba loaded, tie-aware histograms below NUMPY_MAX_PAIRS come from
+    numpy; index ties (the rank pass) and larger inputs take the kernels; once numba is loaded, the
+    kernels from KERNEL_MIN_PAIRS on, as evaluate."""
+    monkeypatch.setattr(engines, "CPU_KERNELS", True)
+    monkeypatch.setattr(engines, "KERNEL_MIN_PAIRS", KERNEL_MIN_PAIRS)
+    monkeypatch.setattr(cpu_eval, "_ONE_SHOT", True)
+    pick = cpu_eval._database_class
+    monkeypatch.delitem(sys.modules, "numba")                    # as in a fresh process (restored after)
+    monkeypatch.setattr(cpu_eval, "preload_cython_blas", lambda: False)
+    big = cpu_eval.NUMPY_MAX_PAIRS
+    assert pick(big - 1, 64, histograms_only=True) is NumpyDatabase
+    assert pick(big, 64, histograms_only=True) is PackedDatabase
+    assert pick(big - 1, 64, histograms_only=False) is PackedDatabase
+    assert pick(KERNEL_MIN_PAIRS - 1, 64, histograms_only=False) is NumpyDatabase
+    monkeypatch.setattr(cpu_eval, "_ONE_SHOT", False)
+    assert pick(big - 1, 64, histograms_only=True) is PackedDatabase
 
 
 def test_constants_agree_with_the_torch_modules():
@@ -192,7 +222,7 @@ CLI_PROBE = """
         code = main(sys.argv[1:])
     mods = sorted(m for m in sys.modules if m in ("torch", "scipy.linalg") or m.startswith(("torch.", "hashbench.")))
     arraymath = sys.modules.get("numba.np.arraymath")
-    print(json.dumps({"code": code, "stdout": out.getvalue(), "modules": mods,
+    print(json.dumps({"code": code, "stdout": out.getvalue(), "modules": mods, "numba": "numba" in sys.modules,
                       "numba_blas": getattr(arraymath, "_HAVE_BLAS", None)}))
 """
 
@@ -213,7 +243,10 @@ def test_cli_prints_what_the_torch_path_prints_without_importing_torch(big_file,
     assert fast["stdout"] == slow["stdout"]
     assert "engine=faiss on cpu" in fast["stdout"]
     assert "torch" not in fast["modules"] and "torch" in slow["modules"]
-    assert "scipy.linalg" not in fast["modules"] and fast["numba_blas"] is True    # preload_cython_blas
+    if ties == "index":           # the rank pass runs in numba: preload_cython_blas spared scipy.linalg
+        assert "scipy.linalg" not in fast["modules"] and fast["numba_blas"] is True
+    else:                         # histograms only, below NUMPY_MAX_PAIRS: numpy, numba not even imported
+        assert not fast["numba"] and fast["numba_blas"] is None
     lazy = {"hashbench.platform.evaluation.core", "hashbench.platform.evaluation.engines",
             "hashbench.platform.evaluation.metrics"}
     others = {f"hashbench.platform.cli.{name}_cmd" for name in SUBCOMMANDS if name != "eval"}

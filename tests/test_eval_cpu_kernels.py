@@ -16,6 +16,7 @@ import pytest
 from hashbench.platform.errors import HashbenchError
 from hashbench.platform.evaluation import engines, evaluate
 from hashbench.platform.evaluation.cpu_kernels import PackedDatabase, pack_codes
+from hashbench.platform.evaluation.cpu_numpy import NumpyDatabase
 
 
 # ---------------------------------------------------------------- brute-force references
@@ -78,36 +79,67 @@ def relevant_counts(ql, dl):
 
 
 # ---------------------------------------------------------------- kernels
+DATABASES = [PackedDatabase, NumpyDatabase]          # the numba kernels and their numpy twin
+
+
+@pytest.mark.parametrize("database", DATABASES)
 @pytest.mark.parametrize("bits", [4, 6, 8, 13, 64, 72, 127, 128, 130])
 @pytest.mark.parametrize("multi,n_labels", [(False, 4), (True, 4), (True, 70)])   # 70: 3 label words
-def test_ranked_sums_and_histograms_against_loops(bits, multi, n_labels):
+def test_ranked_sums_and_histograms_against_loops(database, bits, multi, n_labels):
     q, db, ql, dl = make_case(bits * 10 + n_labels, 9, 70, bits, multi, n_labels)
     R = relevant_counts(ql, dl)
     k = 7
     # cut-offs 0, 1, k, R (per query) and N
     cutoffs = np.stack([np.zeros(9, int), np.ones(9, int), np.full(9, k), R, np.full(9, len(db))], 1)
-    hits, sums, n, r = PackedDatabase(db, dl).ranked_sums(q, ql, cutoffs)
+    hits, sums, n, r = database(db, dl).ranked_sums(q, ql, cutoffs)
     ref_hits, ref_sums = bf_sums(q, db, ql, dl, cutoffs)
     np.testing.assert_array_equal(hits, ref_hits)
     np.testing.assert_allclose(sums, ref_sums, rtol=0, atol=1e-12)
     ref_n, ref_r = bf_histograms(q, db, ql, dl, bits)
     np.testing.assert_array_equal(n, ref_n)
     np.testing.assert_array_equal(r, ref_r)
-    hn, hr = PackedDatabase(db, dl).histograms(q, ql)
+    # short rankings (largest cut-off below N / 2): the kernel's second pass skips the far levels
+    short = cutoffs[:, :3]
+    s_hits, s_sums, s_n, s_r = database(db, dl).ranked_sums(q, ql, short)
+    np.testing.assert_array_equal(s_hits, ref_hits[:, :3])
+    np.testing.assert_allclose(s_sums, ref_sums[:, :3], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(s_n, ref_n)
+    np.testing.assert_array_equal(s_r, ref_r)
+    hn, hr = database(db, dl).histograms(q, ql)
     np.testing.assert_array_equal(hn, ref_n)
     np.testing.assert_array_equal(hr, ref_r)
     assert hits[-1].sum() == 0 and r[-1].sum() == 0          # the query with no relevant item
     assert hits[:, 4].tolist() == R.tolist()                # cut-off N finds every relevant item
 
 
-def test_heavy_ties_hand_checked():
+@pytest.mark.parametrize("database", DATABASES)
+@pytest.mark.parametrize("depth", ["short", "long"])
+def test_same_set_leaves_the_own_item_out(database, depth):
+    """self_start: query i is database item self_start + i; the loop reference drops it from the database."""
+    _, db, _, dl = make_case(5, 1, 60, 10, False)
+    start = 20
+    q, ql = db[start:start + 6], dl[start:start + 6]
+    cut = np.tile([3, 10] if depth == "short" else [3, 59], (6, 1))
+    hits, sums, n, r = database(db, dl).ranked_sums(q, ql, cut, self_start=start)
+    for i in range(6):
+        keep = np.arange(60) != start + i
+        ref_hits, ref_sums = bf_sums(q[i:i + 1], db[keep], ql[i:i + 1], dl[keep], cut[i:i + 1])
+        ref_n, ref_r = bf_histograms(q[i:i + 1], db[keep], ql[i:i + 1], dl[keep], 10)
+        np.testing.assert_array_equal(hits[i:i + 1], ref_hits)
+        np.testing.assert_allclose(sums[i:i + 1], ref_sums, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(n[i:i + 1], ref_n)
+        np.testing.assert_array_equal(r[i:i + 1], ref_r)
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_heavy_ties_hand_checked(database):
     """2-bit codes, every item tied with others: rank order is by database index inside a level."""
     q = np.array([[0, 0]])
     db = np.array([[1, 1], [0, 1], [0, 0], [1, 0], [0, 0], [0, 1]])
     dl = np.array([1, 1, 0, 1, 1, 0])
     # ranking: d=0 -> items 2, 4; d=1 -> 1, 3, 5; d=2 -> 0. relevance 0 1 | 1 1 0 | 1
     # relevant at ranks 2, 3, 4, 6 -> precisions 1/2, 2/3, 3/4, 4/6
-    hits, sums, n, r = PackedDatabase(db, dl).ranked_sums(q, np.array([1]), np.array([[1, 2, 4, 5, 6]]))
+    hits, sums, n, r = database(db, dl).ranked_sums(q, np.array([1]), np.array([[1, 2, 4, 5, 6]]))
     assert hits.tolist() == [[0, 1, 3, 3, 4]]
     np.testing.assert_allclose(sums, [[0, 1 / 2, 1 / 2 + 2 / 3 + 3 / 4, 1 / 2 + 2 / 3 + 3 / 4,
                                        1 / 2 + 2 / 3 + 3 / 4 + 4 / 6]], rtol=0, atol=1e-15)

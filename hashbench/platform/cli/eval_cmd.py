@@ -74,10 +74,9 @@ def run(args) -> int:
                    exclude_no_hit=args.exclude_no_hit, engine=args.engine, device=args.device, bits=bits,
                    exclude_self=same_set, hamming_radius=args.radius if distance == "hamming" else None)
     # exact Hamming on the CPU: the same numbers without importing torch (cpu_eval.py says when)
-    from hashbench.platform.evaluation.cpu_eval import enabled, evaluate_cpu, preload_cython_blas
+    from hashbench.platform.evaluation.cpu_eval import evaluate_cpu, one_shot
 
-    if enabled():
-        preload_cython_blas()     # a fresh process: numba starts without all of scipy.linalg
+    one_shot()                    # a fresh process: weigh numba's start-up (cpu_eval.py)
     res = evaluate_cpu(*inputs, **options)
     if res is None:
         from hashbench.platform.evaluation import evaluate

@@ -205,7 +205,8 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
             if not prep.binary:
                 ids, dist = rank(qc, n_eff)
                 n, r = float_groups(dist, _gather_relevance(prep, qlc, ids))
-            hits, S, ap_hits = M.grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits")
+            hits, S, ap_hits = M.grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits",
+                                              ap_columns=len(cutoffs))   # none for the cut-off R of MAP@R
         elif not kernels:
             ids, _ = rank(qc, depth, with_dist=False)
             cut_d = cut.clamp_max(depth)

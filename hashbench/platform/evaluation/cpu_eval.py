@@ -1,44 +1,53 @@
 """:func:`evaluate_cpu`: ``evaluate`` of exact Hamming codes on the CPU without importing torch.
 
-On the CPU with faiss and numba installed, ``evaluate`` (``core.py``) takes every count from the numba
-kernels of :mod:`~hashbench.platform.evaluation.cpu_kernels` once the evaluation has at least
-``engines.KERNEL_MIN_PAIRS`` query-item pairs; what is left is arithmetic on (queries, bits + 1)
-arrays: milliseconds of work, done in torch, whose import alone takes about 2 s. ``hashbench eval``
-calls this module first: it repeats that path of ``core.evaluate`` step for step in numpy (the
-numpy twins of ``metrics.grouped_sums``, ``_expected_ap_hits``, ``apply_convention`` and
-``core.relevant_counts`` below) and returns the same dictionary, or ``None`` when the call is not one
-it serves; the caller then runs ``evaluate`` (which also raises every input error, so none is
-reworded here). It serves: Hamming distance, ``device`` None or ``"cpu"``, ``engine`` ``"auto"`` or
-``"faiss"`` with faiss importable, the numba kernels on (``HASHBENCH_EVAL_NUMBA``) and importable,
-at least ``KERNEL_MIN_PAIRS`` pairs, valid codes and labels as numpy arrays; the results of
-``map_at_r=True`` without the PR curve, kNN accuracy or per-query values (what the CLI asks for).
-``HASHBENCH_EVAL_TORCH_FREE=0`` turns it off (and :func:`preload_cython_blas`, which the CLI calls
-first so that numba starts without importing all of scipy.linalg). One step is left out: the
-expected AP of the "hits" convention at the cut-off R of MAP@R, which ``evaluate`` computes and never
-reads.
+On the CPU with faiss installed, ``evaluate`` (``core.py``) takes every count from the numba kernels of
+:mod:`~hashbench.platform.evaluation.cpu_kernels` once the evaluation has at least
+``engines.KERNEL_MIN_PAIRS`` query-item pairs (below that, from its numpy path); what is left is
+arithmetic on (queries, bits + 1) arrays: milliseconds of work, done in torch, whose import alone takes
+about 1-2 s. ``hashbench eval`` calls this module first: it takes the same counts from the numba
+kernels or from their numpy twin (:class:`~hashbench.platform.evaluation.cpu_numpy.NumpyDatabase`,
+the same integers), then runs the same arithmetic in numpy: the tie-aware sums and AP conventions of
+:mod:`~hashbench.platform.evaluation.tie_sums` (one implementation, which ``metrics.py`` runs on torch
+tensors), ``relevant_counts`` below (``core.relevant_counts`` in numpy) and ``summary.summarise``. It
+returns the same dictionary, or ``None`` when the call is not one it serves; the caller then runs
+``evaluate`` (which also raises every input error, so none is reworded here). It serves: Hamming
+distance, ``device`` None or ``"cpu"``, ``engine`` ``"auto"`` or ``"faiss"`` with faiss installed,
+valid codes and labels as numpy arrays; the results of ``map_at_r=True`` without the PR curve, kNN
+accuracy or per-query values (what the CLI asks for). ``HASHBENCH_EVAL_TORCH_FREE=0`` turns it off.
+
+Which counts: the numba kernels where ``evaluate`` would use them (``HASHBENCH_EVAL_NUMBA``, numba
+importable, at least ``KERNEL_MIN_PAIRS`` pairs), else the numpy twin. A process declared one-shot
+(:func:`one_shot`, called by the CLI) that has not loaded numba also takes the numpy twin for tie-aware
+histograms below :data:`NUMPY_MAX_PAIRS` pairs: numba's start-up (about 1 s) costs more than numpy's
+slower counting there. The index-tie rank pass stays in numba (numpy needs a sort per query: slower
+than numba's start-up and pass together at 1000 x 59000). Before numba loads in a one-shot process,
+:func:`preload_cython_blas` runs (see there for why it stays).
 
 Agreement with ``evaluate``: the integer parts (histograms, kernel sums, counts, cut-offs, the
 protocol) are the same numbers; the float64 arithmetic is the same operations in the same order,
-except for three things that round differently in the last bit: sums over an axis (numpy's pairwise
-summation vs torch's vectorised one), ``exp`` and ``lgamma`` (numpy / CPython vs torch's vectorised
-functions; only in the expected AP of the "hits" convention under tie-aware ties, where wide tie
-groups make differences of large ``lgamma`` values). The metrics agree to 1e-13 or better (1.2e-14 on
-the 1000 x 59000 benchmark file, 5e-14 on 16-bit codes with tie groups of thousands); printed with 4
-decimals they are the same text. tests/test_eval_cli_speed.py checks both.
+except for what rounds differently in the last bit: sums over an axis (numpy's pairwise summation vs
+torch's vectorised one), ``exp`` and ``lgamma`` (numpy / CPython vs torch's vectorised functions;
+only in the expected AP of the "hits" convention under tie-aware ties, where wide tie groups make
+differences of large ``lgamma`` values), and the numpy twin's index-tie sums (added in rank order, the
+kernels' in database order). The metrics agree to 1e-13 or better (1.2e-14 on the 1000 x 59000
+benchmark file, 5e-14 on 16-bit codes with tie groups of thousands); printed with 4 decimals they are
+the same text. tests/test_eval_cli_speed.py checks both, with the kernels and with the numpy twin.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
+import importlib.util
 import os
 import sys
 
 import numpy as np
 
 from hashbench.platform.errors import HashbenchError
+from hashbench.platform.evaluation.cpu_numpy import MAX_BITS, NumpyDatabase
 from hashbench.platform.evaluation.inputs import parse_ks
 from hashbench.platform.evaluation.summary import summarise
+from hashbench.platform.evaluation.tie_sums import NUMPY, apply_convention, grouped_sums, harmonic_table
 
 # the same names and values as in core.py / engines.py, which import torch (a test checks they agree)
 CONVENTIONS = ("hits", "min-k-r", "r")
@@ -86,34 +95,41 @@ def evaluate_cpu(query_codes, db_codes, query_labels, db_labels, *, distance: st
         cutoffs = parse_ks(ks, n_eff)
     except HashbenchError:
         return None
-    kernels = _kernels_module(n_q * n_db, dim)
-    if kernels is None or not _faiss_available():       # evaluate would pick the torch engine
+    if not _faiss_available():                          # evaluate would pick the torch engine
         return None
-    return _evaluate(q, d, ql, dl, kernels, cutoffs, n_eff, convention=convention, ties=ties,
+    database = _database_class(n_q * n_db, dim, histograms_only=ties == "tie-aware")
+    return _evaluate(q, d, ql, dl, database, cutoffs, n_eff, convention=convention, ties=ties,
                      exclude_no_hit=bool(exclude_no_hit), hamming_radius=hamming_radius,
                      exclude_self=exclude_self, distance=distance)
 
 
 def preload_cython_blas() -> bool:
-    """Let numba start without importing all of ``scipy.linalg``; for a fresh ``hashbench eval`` process.
+    """Let numba start without importing all of ``scipy.linalg``; for a one-shot process (:func:`one_shot`).
 
     When numba first loads (or compiles) a kernel it imports its whole library of implementations;
-    one of them, ``numba.np.arraymath``, checks that BLAS is there with ``import
-    scipy.linalg.cython_blas``, and importing that module first runs ``scipy/linalg/__init__.py``
-    (all of scipy.linalg and scipy's array-API layer: 0.3-0.7 s on the 2-core machine, a quarter of
-    the call). This loads the ``cython_blas`` extension module alone, from the same file, and
-    registers it under its name, so numba's check finds it, as it would, without the package's
-    ``__init__``. A later ``import scipy.linalg`` in the same process still works (and reuses this
-    module); only the attribute ``scipy.linalg.cython_blas`` is then missing (``from scipy.linalg
-    import cython_blas`` works). Does nothing when numba's library or scipy.linalg is already loaded,
-    and nothing (returns False) when anything differs from the expected layout. Returns whether the
-    module was loaded here."""
+    one of them, ``numba.np.arraymath``, checks at import that BLAS is there (for ``np.dot`` and
+    friends, which our kernels never call) with ``import scipy.linalg.cython_blas``, and importing that
+    module first runs ``scipy/linalg/__init__.py`` (all of scipy.linalg and scipy's array-API layer:
+    0.3-0.7 s on the 2-core machine, a quarter of a ``--ties index`` call). This loads the
+    ``cython_blas`` extension module alone, from the same file, and registers it under its name, so
+    numba's check finds it, as it would, without the package's ``__init__``.
+
+    Why it stays: numba has no setting that skips or defers the check (it runs at the import of
+    ``numba.np.arraymath``, which every kernel load imports); making scipy absent would turn numba's
+    BLAS support off for the whole process; the alternatives that avoid numba's start-up altogether
+    (an ahead-of-time compiled extension, a build step) or the numpy twin (a sort per query, slower
+    for the index-tie pass) cost more. It is limited to one-shot processes, runs only just before
+    numba loads, and falls back to the ordinary import on any surprise. A later ``import
+    scipy.linalg`` in the same process still works (and reuses this module); only the attribute
+    ``scipy.linalg.cython_blas`` is then missing (``from scipy.linalg import cython_blas`` works;
+    tests/test_eval_cli_speed.py checks both). Does nothing when numba's library or scipy.linalg is
+    already loaded, and nothing (returns False) when anything differs from the expected layout.
+    Returns whether the module was loaded here."""
     name = "scipy.linalg.cython_blas"
     if name in sys.modules or "scipy.linalg" in sys.modules or "numba.np.arraymath" in sys.modules:
         return False
     try:
         import importlib.machinery
-        import importlib.util
 
         import scipy
         spec = importlib.machinery.PathFinder.find_spec(name, [os.path.join(os.path.dirname(scipy.__file__),
@@ -129,27 +145,46 @@ def preload_cython_blas() -> bool:
     return True
 
 
-def _kernels_module(pairs: int, bits: int):
-    """cpu_kernels when ``FaissEngine.kernels_usable`` would say yes, else None (no warning here: the
-    torch path that runs instead gives the warning of a missing numba)."""
+def one_shot() -> None:
+    """Declare this process a one-shot evaluation (``hashbench eval``): numba's start-up (import,
+    then loading its library of implementations with the first kernel: about 1 s on the 2-core
+    machine) is then paid only where the kernels save more than it costs (:func:`_database_class`),
+    and :func:`preload_cython_blas` runs before numba loads."""
+    global _ONE_SHOT
+    _ONE_SHOT = True
+
+
+_ONE_SHOT = False
+#: a one-shot process that has not loaded numba computes tie-aware histograms in numpy below this many
+#: query-item pairs (numpy: about 0.35 s per 59M pairs on the 2-core machine, against numba's ~1 s start-up
+#: plus 0.05 s; benchmarks/results/2026-12-06/eval_cpu.md)
+NUMPY_MAX_PAIRS = 2 ** 27
+
+
+def _database_class(pairs: int, bits: int, histograms_only: bool):
+    """The class that computes the level counts (and index-tie sums): the numba kernels'
+    ``PackedDatabase`` where ``evaluate`` would use them (``FaissEngine.kernels_usable``), unless this is a
+    one-shot process without numba loaded and only histograms are needed below ``NUMPY_MAX_PAIRS`` pairs;
+    else their numpy twin ``cpu_numpy.NumpyDatabase`` (the same counts)."""
     engines = sys.modules.get(_ENGINES_MODULE)           # already imported: honour its (test) settings
     on = engines.CPU_KERNELS if engines else os.environ.get("HASHBENCH_EVAL_NUMBA", "1") != "0"
     min_pairs = engines.KERNEL_MIN_PAIRS if engines else KERNEL_MIN_PAIRS
-    if not on or pairs < min_pairs:
-        return None
-    try:
-        module = importlib.import_module("hashbench.platform.evaluation.cpu_kernels")
-    except Exception:  # noqa: BLE001 - a missing or broken numba: the torch path handles (and warns)
-        return None
-    return module if bits <= module.MAX_BITS else None
+    start_up_costs_more = (_ONE_SHOT and histograms_only and "numba" not in sys.modules
+                           and pairs < NUMPY_MAX_PAIRS)
+    if on and pairs >= min_pairs and bits <= MAX_BITS and not start_up_costs_more:
+        if _ONE_SHOT and enabled():
+            preload_cython_blas()
+        try:
+            return importlib.import_module("hashbench.platform.evaluation.cpu_kernels").PackedDatabase
+        except Exception:  # noqa: BLE001 - a missing or broken numba: the numpy twin gives the same counts
+            pass
+    return NumpyDatabase
 
 
 def _faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """faiss can be found (without importing it: 0.05-0.1 s). ``evaluate`` reports engine "faiss" on
+    this path; nothing of faiss runs in either."""
+    return importlib.util.find_spec("faiss") is not None
 
 
 def _codes01(x, bits):
@@ -181,7 +216,7 @@ def _labels(y, n: int):
     return y.astype(np.int64)
 
 
-def _evaluate(q, d, ql, dl, kernels, cutoffs, n_eff, *, convention, ties, exclude_no_hit, hamming_radius,
+def _evaluate(q, d, ql, dl, database, cutoffs, n_eff, *, convention, ties, exclude_no_hit, hamming_radius,
               exclude_self, distance) -> dict:
     """core._evaluate's kernel path (engine 'faiss', kernels usable, map_at_r) in numpy."""
     n_db, n_q, dim = d.shape[0], q.shape[0], q.shape[1]
@@ -194,8 +229,8 @@ def _evaluate(q, d, ql, dl, kernels, cutoffs, n_eff, *, convention, ties, exclud
     kvec = np.array([k for _, k in cutoffs], dtype=np.int64)
     nk = len(cutoffs)
     grouped = ties == "tie-aware"
-    harm = harmonic_table(n_db) if grouped else None
-    packed = kernels.PackedDatabase(d, dl)
+    harm = harmonic_table(NUMPY, n_db) if grouped else None
+    packed = database(d, dl)
     per = {name: [] for name in ("hits", "ap", "p", "r", "mapr", "rprec", "hr_prec", "hr_n")}
     for s in range(0, n_q, step):
         qc, qlc, R = q[s:s + step], ql[s:s + step], R_all[s:s + step]
@@ -210,11 +245,11 @@ def _evaluate(q, d, ql, dl, kernels, cutoffs, n_eff, *, convention, ties, exclud
             if exclude_self:            # the own item leaves level 0
                 n[:, 0] -= 1
                 r[:, 0] -= self_rel[s:s + nq]
-            hits, S, ap_hits = grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits", ap_columns=nk)
+            hits, S, ap_hits = grouped_sums(NUMPY, n, r, cut, harm, need_ap_hits=convention == "hits", ap_columns=nk)
         kf = cut[:, :nk].astype(F64)
         Rk = np.broadcast_to(R[:, None], (nq, nk))
         per["hits"].append(hits[:, :nk])
-        per["ap"].append(apply_convention(convention, hits[:, :nk], S[:, :nk],
+        per["ap"].append(apply_convention(NUMPY, convention, hits[:, :nk], S[:, :nk],
                                           None if ap_hits is None else ap_hits[:, :nk], kf, Rk))
         per["p"].append(hits[:, :nk] / kf)
         per["r"].append(np.where(Rk > 0, hits[:, :nk] / np.maximum(Rk, 1), 0.0))
@@ -251,84 +286,3 @@ def relevant_counts(ql: np.ndarray, dl: np.ndarray, chunk: int) -> np.ndarray:
     combos_f, counts = combos.astype(np.float32).T, counts.astype(F64)
     return np.concatenate([(((ql[i:i + chunk].astype(np.float32) @ combos_f) > 0) * counts).sum(1)
                            for i in range(0, ql.shape[0], chunk)])
-
-
-def harmonic_table(n_max: int) -> np.ndarray:
-    """metrics.harmonic_table in numpy: ``H[i] = sum_{j<=i} 1/j`` (a sequential cumulative sum)."""
-    h = np.zeros(n_max + 1, dtype=F64)
-    if n_max:
-        h[1:] = np.cumsum(1.0 / np.arange(1, n_max + 1, dtype=F64))
-    return h
-
-
-def _partial_sum(p, b, m, n0, r0, harm):
-    hdiff = harm[(n0 + m).astype(np.int64)] - harm[n0.astype(np.int64)]
-    return p * (b * m + (r0 + 1 - b * (n0 + 1)) * hdiff)
-
-
-def grouped_sums(n, r, cutoffs, harm, need_ap_hits: bool = True, ap_columns: int | None = None):
-    """metrics.grouped_sums in numpy (see there and docs/metrics.md for the formulas); ``ap_hits`` only
-    for the first ``ap_columns`` cut-offs (default all): core.evaluate reads none for the cut-off R of
-    MAP@R, whose straddling tie groups are the widest (the hypergeometric sums cost the most there)."""
-    n0 = np.cumsum(n, 1) - n
-    r0 = np.cumsum(r, 1) - r
-    p = np.where(n > 0, r / np.maximum(n, 1), 0.0)
-    b = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 0.0)
-    hits_out, s_out, ap_out = [], [], []
-    for c in range(cutoffs.shape[1]):
-        k = cutoffs[:, c:c + 1].astype(F64)
-        m = np.minimum(np.maximum(k - n0, 0), n)
-        hits_out.append((p * m).sum(1))
-        s_out.append(_partial_sum(p, b, m, n0, r0, harm).sum(1))
-        if need_ap_hits and (ap_columns is None or c < ap_columns):
-            ap_out.append(_expected_ap_hits(n, r, m, n0, r0, p, b, harm))
-    return np.stack(hits_out, 1), np.stack(s_out, 1), (np.stack(ap_out, 1) if need_ap_hits else None)
-
-
-def _lgamma_of_integers(n_max: int) -> np.ndarray:
-    """``lgamma(i)`` for i = 1..n_max (every argument of the hypergeometric law is such an integer);
-    entry 0 is a finite stand-in, read only for the entries that ``valid`` masks."""
-    return np.array([0.0] + [math.lgamma(i) for i in range(1, n_max + 1)], dtype=F64)
-
-
-def _expected_ap_hits(n, r, m, n0, r0, p, b, harm):
-    """metrics._expected_ap_hits in numpy: E[S / hits] with one straddling group per query at most."""
-    full = (m == n) & (n > 0)
-    s_full = np.where(full, _partial_sum(p, b, n, n0, r0, harm), 0.0).sum(1)
-    h_full = np.where(full, r, 0.0).sum(1)
-    straddle = (m > 0) & (m < n)
-    has = straddle.any(1)
-    det = np.where(h_full > 0, s_full / np.maximum(h_full, 1), 0.0)
-    if not has.any():
-        return det
-    rows = np.flatnonzero(has)
-    g = straddle[rows].astype(np.int64).argmax(1)[:, None]
-    ns, rs, ms, n0s, r0s = (np.take_along_axis(t[rows], g, 1) for t in (n, r, m, n0, r0))
-    hmax = int(np.minimum(ms, rs).max())
-    h = np.arange(hmax + 1, dtype=F64)[None, :]
-    valid = (h <= np.minimum(ms, rs)) & (h >= np.maximum(ms - (ns - rs), 0))
-    table = _lgamma_of_integers(int(ns.max()) + 1)
-
-    def lg(x):    # outside ``valid`` the arguments may leave the table; those entries are masked below
-        return table[np.clip(x, 0, table.size - 1).astype(np.int64)]
-
-    log_pmf = (lg(rs + 1) - lg(h + 1) - lg(rs - h + 1)
-               + lg(ns - rs + 1) - lg(ms - h + 1) - lg(ns - rs - ms + h + 1)
-               - (lg(ns + 1) - lg(ms + 1) - lg(ns - ms + 1)))
-    pmf = np.where(valid, np.exp(np.where(valid, log_pmf, 0.0)), 0.0)
-    bh = np.where(ms > 1, (h - 1) / np.maximum(ms - 1, 1), 0.0)
-    hdiff = harm[(n0s + ms).astype(np.int64)] - harm[n0s.astype(np.int64)]
-    s_h = (h / ms) * (bh * ms + (r0s + 1 - bh * (n0s + 1)) * hdiff)
-    tot_h = h_full[rows][:, None] + h
-    ap = np.where(tot_h > 0, (s_full[rows][:, None] + s_h) / np.maximum(tot_h, 1), 0.0)
-    det = det.copy()
-    det[rows] = (pmf * ap).sum(1)
-    return det
-
-
-def apply_convention(convention: str, hits, s, ap_hits, k, R):
-    """metrics.apply_convention in numpy."""
-    if convention == "hits":
-        return ap_hits
-    denom = R if convention == "r" else np.minimum(k, R)
-    return np.where(denom > 0, s / np.maximum(denom, 1), 0.0)

@@ -12,21 +12,25 @@ Per query, pass 1 writes ``2 * distance + relevant`` of every item into a buffer
 
 * :meth:`PackedDatabase.ranked_sums` - ``hits`` and ``S`` (the sum of the precision at each relevant
   rank) at per-query cut-offs, for the ranking by (distance, database index): the "index" tie
-  policy, faiss's order. Exclusive prefix sums of the level counts give where each level starts in
-  the ranking (``off``) and how many relevant items precede it (``roff``); pass 2 walks the items
-  in index order with a counter per level, so the item at level ``b`` has rank ``off[b] + seen[b]``
-  (0-based) and, if relevant, relevant-rank ``roff[b] + rseen[b] + 1``; it adds
-  ``relevant-rank / (rank + 1)`` to ``S`` of every cut-off it falls before. Levels that start at or
-  after the largest cut-off are skipped. For same-set retrieval (``self_start``) the query's own item
-  is taken out of its level counts after pass 1 and skipped in pass 2.
+  policy, faiss's order. The item at level ``b`` has rank ``off[b] + seen[b]`` (0-based), with
+  ``off`` the exclusive prefix sums of the level counts and ``seen[b]`` the items of its level before
+  it in database order, and, if relevant, relevant-rank ``roff[b] + rseen[b] + 1``; its precision
+  ``relevant-rank / (rank + 1)`` counts in ``S`` of every cut-off it falls before. When the largest
+  cut-off reaches half the database or more (mAP@all, MAP@R), the counting pass itself notes, for
+  each relevant item, its level and ``seen`` / ``rseen`` (the counts so far), and a short pass over
+  the relevant items alone adds them up. Below that, a second pass walks the items in database
+  order with a counter per level and skips the levels that start at or after the largest cut-off.
+  Either way the precisions are added in database order. For same-set retrieval (``self_start``)
+  the query's own item is left out of the counts and of both passes.
 * :meth:`PackedDatabase.histograms` - the level counts alone (the tie-aware policy, ``P@H<=r`` and
   the Hamming PR curve need nothing else).
 
-Both run in parallel over queries (numba ``prange``, numba's own thread pool: ``NUMBA_NUM_THREADS``)
-and are compiled on first use (about 11 s for the four signatures, once per machine): ``cache=True``
-stores the machine code in ``NUMBA_CACHE_DIR``, else ``__pycache__`` beside this file, else the user's
-cache directory (``~/.cache/numba``), so later processes only load it (about 0.3 s, plus 0.2 s to
-import numba). Where none of them is writable the kernels compile in memory in each process (one
+Both run in parallel over blocks of queries (numba ``prange``, numba's own thread pool:
+``NUMBA_NUM_THREADS``; a few blocks per thread, each allocating its buffers once) and are compiled
+on first use (about 11 s for the four signatures, once per machine): ``cache=True`` stores the
+machine code in ``NUMBA_CACHE_DIR``, else ``__pycache__`` beside this file, else the user's cache
+directory (``~/.cache/numba``), so later processes only load it (0.3-0.7 s with numba's library of
+implementations, plus 0.2-0.4 s to import numba). Where none of them is writable the kernels compile in memory in each process (one
 warning; :data:`UNCACHED` lists them). Importing this module raises ImportError when numba is
 missing; the engines then keep their numpy path.
 """
@@ -36,9 +40,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
-from hashbench.platform.errors import HashbenchError, HashbenchWarning
+from hashbench.platform.errors import HashbenchWarning
+from hashbench.platform.evaluation.cpu_numpy import MAX_BITS, PackedCodes, pack_codes  # noqa: F401 - re-exported
 
 # SWAR popcount constants, as uint64 so that numba keeps the arithmetic in unsigned integers
 # (mixing uint64 with an int64 literal would promote to float64). LLVM turns the pattern into a
@@ -49,7 +54,6 @@ _M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 _H01 = np.uint64(0x0101010101010101)
 _S1, _S2, _S4, _S56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
 _NONE = np.uint32(0)
-MAX_BITS = 32767          # 2 * distance + 1 must fit the uint16 buffer
 #: names of the kernels compiled without numba's disk cache (no writable cache directory)
 UNCACHED: list = []
 
@@ -73,28 +77,6 @@ def _cached_njit(**options):
             UNCACHED.append(fn.__name__)
             return njit(**options)(fn)
     return wrap
-
-
-def pack_codes(codes01: np.ndarray) -> np.ndarray:
-    """(n, bits) {0,1} codes -> (n, ceil(bits / 64)) ``uint64`` words (zero padded)."""
-    return _pack_bits(codes01, 8).view(np.uint64)
-
-
-def _pack_bits(bits01: np.ndarray, word_bytes: int) -> np.ndarray:
-    packed = np.packbits(np.asarray(bits01, dtype=np.uint8), axis=1)
-    width = max(1, -(-packed.shape[1] // word_bytes)) * word_bytes
-    out = np.zeros((packed.shape[0], width), dtype=np.uint8)
-    out[:, :packed.shape[1]] = packed
-    return out
-
-
-def _class_ids(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """(n, 1) uint32 rank of each label among the sorted ``classes``; ``classes.size`` if absent."""
-    ids = np.full(labels.shape, classes.size, dtype=np.int64)
-    if classes.size:
-        pos = np.searchsorted(classes, labels).clip(max=classes.size - 1)
-        ids = np.where(classes[pos] == labels, pos, classes.size)
-    return ids.astype(np.uint32).reshape(-1, 1)
 
 
 @njit(inline="always")
@@ -144,98 +126,132 @@ def _count_levels(buf, i, n_out, r_out):
         r_out[i, b] = cnt[2 * b + 1]
 
 
+@njit(nogil=True, boundscheck=False)
+def _count_levels_noting_relevant(buf, i, n_out, r_out, skip, rel_level, rel_before, rel_rank):
+    """:func:`_count_levels` without item ``skip`` (none when -1), noting for each relevant item, in
+    database order, its level, the items and the relevant items of its level before it (the counts
+    so far); returns how many were noted."""
+    width = n_out.shape[1]
+    cnt = np.zeros(2 * width, dtype=np.int64)
+    k = 0
+    for j in range(buf.shape[0]):
+        v = np.int64(buf[j])
+        if j == skip:
+            continue
+        if v & 1:
+            rel_level[k] = v >> 1
+            rel_before[k] = cnt[v - 1] + cnt[v]
+            rel_rank[k] = cnt[v]
+            k += 1
+        cnt[v] += 1
+    for b in range(width):
+        n_out[i, b] = cnt[2 * b] + cnt[2 * b + 1]
+        r_out[i, b] = cnt[2 * b + 1]
+    return k
+
+
+@njit(inline="always")
+def _add(i, pos, prec, cutoffs, hits, sums):
+    """A relevant item at 0-based rank ``pos`` with precision ``prec`` counts for every cut-off past it."""
+    for c in range(cutoffs.shape[1]):
+        if pos < cutoffs[i, c]:
+            hits[i, c] += 1.0
+            sums[i, c] += prec
+
+
+@njit(nogil=True, boundscheck=False)
+def _pass2(buf, i, n_out, r_out, cutoffs, kmax, skip, hits, sums):
+    """Pass 2 of a short ranking: the items in database order with a counter per level, skipping the
+    levels that start at or after ``kmax``."""
+    width = n_out.shape[1]
+    off = np.empty(width, dtype=np.int64)
+    roff = np.empty(width, dtype=np.int64)
+    acc, racc, last, found = 0, 0, width - 1, False
+    for b in range(width):
+        off[b], roff[b] = acc, racc
+        if not found and acc >= kmax:                       # this level starts past every cut-off
+            last, found = b - 1, True
+        acc += n_out[i, b]
+        racc += r_out[i, b]
+    vmax = 2 * last + 1
+    seen = np.zeros(2 * width, dtype=np.int64)              # seen[2b], seen[2b+1]: seen[b] - rseen[b], rseen[b]
+    for j in range(buf.shape[0]):
+        v = np.int64(buf[j])
+        if v > vmax or j == skip:
+            continue
+        s = seen[v]
+        seen[v] = s + 1
+        if v & 1:
+            b = v >> 1
+            pos = off[b] + seen[v - 1] + s                  # items of the level seen so far
+            _add(i, pos, (roff[b] + s + 1) / (pos + 1.0), cutoffs, hits, sums)
+
+
 @_cached_njit(parallel=True, nogil=True, boundscheck=False)
-def _ranked_sums(qw, ql, db_t, dl_t, multi, cutoffs, bits, buf_proto, self_start):
+def _ranked_sums(qw, ql, db_t, dl_t, multi, cutoffs, bits, buf_proto, self_start, blocks):
     nq, n, m = qw.shape[0], db_t.shape[1], cutoffs.shape[1]
     width = bits + 1
     hits = np.zeros((nq, m), dtype=np.float64)
     sums = np.zeros((nq, m), dtype=np.float64)
     n_out = np.zeros((nq, width), dtype=np.int64)
     r_out = np.zeros((nq, width), dtype=np.int64)
-    for i in prange(nq):
+    # queries in ``blocks`` blocks (a few per thread), so that each block allocates its buffers once
+    # (fresh large arrays per query would be fresh pages from the system each time)
+    for blk in prange(blocks):
         buf = np.empty(n, dtype=buf_proto.dtype)
         scratch = np.empty(n if multi else 0, dtype=np.bool_)
-        _level_codes(qw, ql, i, db_t, dl_t, multi, buf, scratch)
-        _count_levels(buf, i, n_out, r_out)
-        skip = self_start + i if self_start >= 0 else -1    # same-set: the query's own item
-        if skip >= 0:
-            v = np.int64(buf[skip])
-            n_out[i, v >> 1] -= 1
-            r_out[i, v >> 1] -= v & 1
-        kmax = 0
-        for c in range(m):
-            kmax = max(kmax, cutoffs[i, c])
-        if kmax == 0:                                       # histograms only (no cut-off)
-            continue
-        off = np.empty(width, dtype=np.int64)
-        roff = np.empty(width, dtype=np.int64)
-        acc, racc, last, found = 0, 0, bits, False
-        for b in range(width):
-            off[b], roff[b] = acc, racc
-            if not found and acc >= kmax:                   # this level starts past every cut-off
-                last, found = b - 1, True
-            acc += n_out[i, b]
-            racc += r_out[i, b]
-        vmax = 2 * last + 1
-        seen = np.zeros(2 * width, dtype=np.int64)          # seen[2b], seen[2b+1]: seen[b] - rseen[b], rseen[b]
-        for j in range(n):
-            v = np.int64(buf[j])
-            if v > vmax or j == skip:
+        notes = m > 0
+        rel_level = np.empty(n if notes else 0, dtype=np.int32)
+        rel_before = np.empty(n if notes else 0, dtype=np.int32)
+        rel_rank = np.empty(n if notes else 0, dtype=np.int32)
+        for i in range(blk * nq // blocks, (blk + 1) * nq // blocks):
+            _level_codes(qw, ql, i, db_t, dl_t, multi, buf, scratch)
+            kmax = 0
+            for c in range(m):
+                kmax = max(kmax, cutoffs[i, c])
+            if kmax == 0:                                   # histograms only (no cut-off)
+                _count_levels(buf, i, n_out, r_out)
                 continue
-            s = seen[v]
-            seen[v] = s + 1
-            if v & 1:
-                b = v >> 1
-                pos = off[b] + seen[v - 1] + s              # items of the level seen so far
-                prec = (roff[b] + s + 1) / (pos + 1.0)
-                for c in range(m):
-                    if pos < cutoffs[i, c]:
-                        hits[i, c] += 1.0
-                        sums[i, c] += prec
+            skip = self_start + i if self_start >= 0 else -1    # same-set: the query's own item
+            if 2 * kmax < n:                                # a short ranking: pass 2 skips the far levels
+                _count_levels(buf, i, n_out, r_out)
+                if skip >= 0:
+                    v = np.int64(buf[skip])
+                    n_out[i, v >> 1] -= 1
+                    r_out[i, v >> 1] -= v & 1
+                _pass2(buf, i, n_out, r_out, cutoffs, kmax, skip, hits, sums)
+                continue
+            n_rel = _count_levels_noting_relevant(buf, i, n_out, r_out, skip, rel_level, rel_before, rel_rank)
+            off = np.empty(width, dtype=np.int64)
+            roff = np.empty(width, dtype=np.int64)
+            acc, racc = 0, 0
+            for b in range(width):
+                off[b], roff[b] = acc, racc
+                acc += n_out[i, b]
+                racc += r_out[i, b]
+            for t in range(n_rel):                          # the relevant items, in database order
+                b = rel_level[t]
+                pos = off[b] + rel_before[t]                # 0-based rank
+                if pos < kmax:
+                    _add(i, pos, (roff[b] + rel_rank[t] + 1) / (pos + 1.0), cutoffs, hits, sums)
     return hits, sums, n_out, r_out
 
 
-class PackedDatabase:
-    """Database codes and labels packed once for the kernels; queries are packed per call.
+def _blocks(n_queries: int) -> np.int64:
+    """Query blocks of the kernels: 8 per thread (balance), at most one per query, at least one."""
+    return np.int64(max(1, min(n_queries, 8 * get_num_threads())))
+
+
+class PackedDatabase(PackedCodes):
+    """Database codes and labels packed once for the kernels (:class:`~.cpu_numpy.PackedCodes`, which
+    also checks every input); queries are packed per call.
 
     codes01: (N, bits) {0,1}; labels: (N,) class ids or (N, C) multi-hot, as numpy arrays.
     """
 
     def __init__(self, codes01: np.ndarray, labels: np.ndarray):
-        codes01 = np.asarray(codes01)
-        if codes01.ndim != 2:
-            raise HashbenchError(f"codes01: expected shape (N, bits), got {codes01.shape}")
-        self.n, self.bits = codes01.shape
-        if not 0 < self.bits <= MAX_BITS:
-            raise HashbenchError(f"codes01: {self.bits} bits per code; the kernels handle 1..{MAX_BITS}")
-        self.db_t = np.ascontiguousarray(pack_codes(codes01).T)
-        labels = np.asarray(labels)
-        if labels.ndim not in (1, 2) or labels.shape[0] != self.n:
-            raise HashbenchError(f"labels: expected shape ({self.n},) or ({self.n}, C), got {labels.shape}")
-        self.multi = labels.ndim == 2
-        self.label_shape = labels.shape[1:]
-        if self.multi:                      # bitmasks: relevant when two rows share a set bit
-            dl = _pack_bits(labels != 0, 4).view(np.uint32)
-        else:                               # compact class ids
-            self.classes, inv = np.unique(labels, return_inverse=True)
-            if self.classes.size >= 2 ** 32 - 1:
-                raise HashbenchError(f"labels: {self.classes.size} classes; at most 2**32 - 2")
-            dl = inv.astype(np.uint32).reshape(-1, 1)
-        self.dl_t = np.ascontiguousarray(dl.T)
+        super().__init__(codes01, labels)
         self.buf_proto = np.empty(0, dtype=np.uint8 if 2 * self.bits + 1 <= 255 else np.uint16)
-
-    def _queries(self, q01: np.ndarray, q_labels: np.ndarray):
-        q01 = np.asarray(q01)
-        if q01.ndim != 2 or q01.shape[1] != self.bits:
-            raise HashbenchError(f"q01: expected shape (queries, {self.bits}), got {q01.shape}")
-        q_labels = np.asarray(q_labels)
-        if q_labels.shape != (q01.shape[0],) + self.label_shape:
-            raise HashbenchError(f"q_labels: expected shape {(q01.shape[0],) + self.label_shape}, got {q_labels.shape}")
-        if self.multi:
-            ql = _pack_bits(q_labels != 0, 4).view(np.uint32)
-        else:
-            ql = _class_ids(q_labels, self.classes)
-        return np.ascontiguousarray(pack_codes(q01)), np.ascontiguousarray(ql)
 
     def ranked_sums(self, q01: np.ndarray, q_labels: np.ndarray, cutoffs: np.ndarray, self_start: int = -1):
         """Exact sums for the ranking by (Hamming distance, database index).
@@ -247,18 +263,16 @@ class PackedDatabase:
         is left out of its ranking and histograms.
         """
         qw, ql = self._queries(q01, q_labels)
-        cutoffs = np.array(cutoffs, dtype=np.int64, order="C")      # a writable copy: one signature
-        if cutoffs.ndim != 2 or cutoffs.shape[0] != qw.shape[0]:
-            raise HashbenchError(f"cutoffs: expected shape ({qw.shape[0]}, m), got {cutoffs.shape}")
+        cutoffs = self._cutoffs(cutoffs, qw.shape[0])
         return _ranked_sums(qw, ql, self.db_t, self.dl_t, self.multi, cutoffs, self.bits, self.buf_proto,
-                            np.int64(self_start))
+                            np.int64(self_start), _blocks(qw.shape[0]))
 
     def histograms(self, q01: np.ndarray, q_labels: np.ndarray):
         """(q, bits+1) int64 counts of all / relevant database items at each Hamming distance."""
         qw, ql = self._queries(q01, q_labels)
         none = np.zeros((qw.shape[0], 0), dtype=np.int64)          # no cut-off: the first pass only
         return _ranked_sums(qw, ql, self.db_t, self.dl_t, self.multi, none, self.bits, self.buf_proto,
-                            np.int64(-1))[2:]
+                            np.int64(-1), _blocks(qw.shape[0]))[2:]
 
 
 def warm_up() -> None:

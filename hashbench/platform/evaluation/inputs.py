@@ -80,7 +80,12 @@ def _binary_codes(x: torch.Tensor, name: str, bits: int | None) -> torch.Tensor:
         return x.to(torch.uint8)
     if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
         raise HashbenchError(f"{name}: NaN or inf in binary codes; expected only -1/+1 or 0/1")
-    is01 = bool(((x == 0) | (x == 1)).all()) if x.numel() else True
+    if not x.numel():
+        is01 = True
+    elif x.dtype == torch.uint8:        # one reduction instead of two comparisons and an or
+        is01 = int(x.max()) <= 1
+    else:
+        is01 = bool(((x == 0) | (x == 1)).all())
     if is01:
         return x.to(torch.uint8)
     if x.dtype != torch.uint8 and bool(((x == -1) | (x == 1)).all()):   # uint8 would read -1 as 255

@@ -28,15 +28,66 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hashbench.platform.evaluation import tie_sums
+
 F64 = torch.float64
+
+
+class TorchOps:
+    """The array namespace of :mod:`~hashbench.platform.evaluation.tie_sums` for torch float64 tensors."""
+
+    where = staticmethod(torch.where)
+    minimum = staticmethod(torch.minimum)
+    exp = staticmethod(torch.exp)
+    lgamma = staticmethod(torch.lgamma)
+
+    @staticmethod
+    def clamp_min(x, value):
+        return x.clamp_min(value)
+
+    @staticmethod
+    def f64(x):
+        return x.to(F64)
+
+    @staticmethod
+    def take(table, index):
+        return table[index.long()]
+
+    @staticmethod
+    def stack(xs):
+        return torch.stack(xs, 1)
+
+    @staticmethod
+    def rows(mask):
+        return mask.nonzero()[:, 0]
+
+    @staticmethod
+    def first_true(mask):
+        return mask.to(torch.int64).argmax(1, keepdim=True)
+
+    @staticmethod
+    def take_along(x, cols):
+        return x.gather(1, cols)
+
+    @staticmethod
+    def arange_like(n, like):
+        return torch.arange(n, dtype=F64, device=like.device)
+
+    @staticmethod
+    def zeros_like_table(n, like):
+        return torch.zeros(n, dtype=F64, device=like.device)
+
+    @staticmethod
+    def copy(x):
+        return x.clone()
+
+
+TORCH = TorchOps
 
 
 def harmonic_table(n_max: int, device) -> torch.Tensor:
     """``H[i] = sum_{j<=i} 1/j`` for ``i = 0..n_max`` (float64)."""
-    h = torch.zeros(n_max + 1, dtype=F64, device=device)
-    if n_max:
-        h[1:] = torch.cumsum(1.0 / torch.arange(1, n_max + 1, dtype=F64, device=device), 0)
-    return h
+    return tie_sums.harmonic_table(TORCH, n_max, torch.empty(0, device=device))
 
 
 def ranked_sums(rel: torch.Tensor, cutoffs: torch.Tensor):
@@ -77,73 +128,13 @@ def ranked_sums_np(rel: np.ndarray, cutoffs: np.ndarray):
     return torch.from_numpy(hits), torch.from_numpy(s), torch.from_numpy(ap)
 
 
-def _partial_sum(p, b, m, n0, r0, harm):
-    """``p * sum_{j=1..m} (r0 + 1 + (j-1) b) / (n0 + j)`` in closed form (all float64 tensors)."""
-    hdiff = harm[(n0 + m).long()] - harm[n0.long()]
-    return p * (b * m + (r0 + 1 - b * (n0 + 1)) * hdiff)
-
-
 def grouped_sums(n: torch.Tensor, r: torch.Tensor, cutoffs: torch.Tensor, harm: torch.Tensor,
-                 need_ap_hits: bool = True):
-    """Expected sums over uniformly random orders inside each tie group.
-
-    n, r: (q, G) float64 item and relevant counts of consecutive tie groups, nearest first (empty
-    groups allowed); cutoffs: (q, m) int64; harm: :func:`harmonic_table` up to ``sum(n)``.
-    Returns ``hits, S, ap_hits`` (q, m) float64 (``ap_hits`` is None unless asked for).
-    """
-    n0 = torch.cumsum(n, 1) - n          # items before each group
-    r0 = torch.cumsum(r, 1) - r          # relevant items before each group
-    nonempty = n > 0
-    p = torch.where(nonempty, r / n.clamp_min(1), 0.0)
-    b = torch.where(n > 1, (r - 1) / (n - 1).clamp_min(1), 0.0)
-    hits_out, s_out, ap_out = [], [], []
-    for c in range(cutoffs.shape[1]):
-        k = cutoffs[:, c:c + 1].to(F64)
-        m = torch.minimum((k - n0).clamp_min(0), n)
-        hits_out.append((p * m).sum(1))
-        s_out.append(_partial_sum(p, b, m, n0, r0, harm).sum(1))
-        if need_ap_hits:
-            ap_out.append(_expected_ap_hits(n, r, m, n0, r0, p, b, harm))
-    hits, s = torch.stack(hits_out, 1), torch.stack(s_out, 1)
-    return hits, s, (torch.stack(ap_out, 1) if need_ap_hits else None)
-
-
-def _expected_ap_hits(n, r, m, n0, r0, p, b, harm):
-    """E[S / hits] (0 when hits = 0) where at most one group per query straddles the cut-off."""
-    full = (m == n) & (n > 0)
-    s_full = torch.where(full, _partial_sum(p, b, n, n0, r0, harm), 0.0).sum(1)
-    h_full = torch.where(full, r, 0.0).sum(1)
-    straddle = (m > 0) & (m < n)
-    has = straddle.any(1)
-    det = torch.where(h_full > 0, s_full / h_full.clamp_min(1), 0.0)
-    if not bool(has.any()):
-        return det
-    rows = has.nonzero()[:, 0]
-    g = straddle[rows].to(torch.int64).argmax(1, keepdim=True)
-    pick = lambda t: t[rows].gather(1, g)  # noqa: E731 - (s, 1) values of the straddling group
-    ns, rs, ms, n0s, r0s = pick(n), pick(r), pick(m), pick(n0), pick(r0)
-    hmax = int(torch.minimum(ms, rs).max().item())
-    h = torch.arange(hmax + 1, device=n.device, dtype=F64).unsqueeze(0)            # (1, H)
-    valid = (h <= torch.minimum(ms, rs)) & (h >= (ms - (ns - rs)).clamp_min(0))
-    lg = torch.lgamma
-    log_pmf = (lg(rs + 1) - lg(h + 1) - lg(rs - h + 1)
-               + lg(ns - rs + 1) - lg(ms - h + 1) - lg(ns - rs - ms + h + 1)
-               - (lg(ns + 1) - lg(ms + 1) - lg(ns - ms + 1)))
-    pmf = torch.where(valid, torch.exp(torch.where(valid, log_pmf, 0.0)), 0.0)
-    # given h relevant among the m positions before the cut: precision sum of those positions
-    bh = torch.where(ms > 1, (h - 1) / (ms - 1).clamp_min(1), 0.0)
-    hdiff = harm[(n0s + ms).long()] - harm[n0s.long()]
-    s_h = (h / ms) * (bh * ms + (r0s + 1 - bh * (n0s + 1)) * hdiff)
-    tot_h = h_full[rows].unsqueeze(1) + h
-    ap = torch.where(tot_h > 0, (s_full[rows].unsqueeze(1) + s_h) / tot_h.clamp_min(1), 0.0)
-    det = det.clone()
-    det[rows] = (pmf * ap).sum(1)
-    return det
+                 need_ap_hits: bool = True, ap_columns: int | None = None):
+    """Expected sums over uniformly random orders inside each tie group: :func:`tie_sums.grouped_sums`
+    for torch tensors (see there)."""
+    return tie_sums.grouped_sums(TORCH, n, r, cutoffs, harm, need_ap_hits, ap_columns)
 
 
 def apply_convention(convention: str, hits, s, ap_hits, k, R):
     """Per-query AP under a named convention (0 where the denominator is 0)."""
-    if convention == "hits":
-        return ap_hits
-    denom = R if convention == "r" else torch.minimum(k, R)
-    return torch.where(denom > 0, s / denom.clamp_min(1), 0.0)
+    return tie_sums.apply_convention(TORCH, convention, hits, s, ap_hits, k, R)
