@@ -6,13 +6,18 @@
 #       unpack Ray/Optuna/polars into .site/; issue 19's DRH before/after table on the built-in busi and
 #       pneumoniamnist (16/32/64 bits, 3 seeds)
 #   carry [".gpudata/src", ".gpudata/busi256.tar.xz"]  bash benchmarks/gpu_session5.sh B
-#       issue 11: the Y-Net paper protocol (busi256, 3x256x256, 500 epochs, 64 bits) alone on the GPU
+#       issue 11: the Y-Net (busi256, 3x256x256, 500 epochs, 64 bits) and DCH (bccd128, 200 epochs, 32 bits)
+#       paper protocols side by side, each sweep on its own local Ray
 #   carry [".gpudata/chula32.tar.xz", ".gpudata/oldc"] bash benchmarks/gpu_session5.sh C
 #       issue 19: constellation vs triplet images/s on chula32, before (.gpudata/oldc: the tree before
-#       commit 5259925) and now; then side by side: issue 11's DCH paper protocol at 32 bits (bccd128,
-#       200 epochs), the DRH before/after table on chula32 and issue 12's chula32 baselines
+#       commit 5259925) and now; then side by side the DRH before/after table on chula32 and issue 12's
+#       chula32 baselines
 #   (no carry)                                         bash benchmarks/gpu_session5.sh D
-#       resume the DCH sweep if C's time ran out; the paper tables
+#       only if B's time ran out: resume both paper sweeps; the paper tables
+# Device calls that must not see uncommitted edits in the checkout run a snapshot of HEAD:
+#   git archive HEAD hashbench benchmarks configs pyproject.toml ':(exclude)hashbench/data/builtin' \
+#       ':(exclude)benchmarks/results' | gzip -9 > .gpudata/head.tgz      (carry it too; unpack to /tmp/head,
+#   copy hashbench/data/builtin there, link .site .gpu .gpudata into it and run this script from there)
 # Here, before the calls:
 #   ../shared/tools/gpu-bundle, then re-pack it without ray/dashboard/client/build/* (keep the empty
 #     directory: the dashboard checks that it exists) and tzdata, so that it and the tree fit 64 MiB;
@@ -30,12 +35,6 @@ export PATH=$PWD/.site/bin:$PATH
 LB=/tmp/papers/leaderboard; SW=/tmp/papers/sweeps
 hb() { python -m hashbench "$@"; }
 left() { echo $(( ${BUDGET:-560} - SECONDS )); }   # seconds left in this call
-ray_head() {  # one local Ray cluster the paper sweeps join (RAY_ADDRESS); a bounded liveness check first
-  timeout 20 python -c "import ray; ray.init(address='auto'); ray.shutdown()" >/dev/null 2>&1 && return 0
-  timeout 30 python -m ray.scripts.scripts stop --force >/dev/null 2>&1
-  timeout 60 python -m ray.scripts.scripts start --head --num-gpus 1 --num-cpus 14 --include-dashboard true \
-      --dashboard-host 127.0.0.1 --disable-usage-stats > "$RES/ray_start.txt" 2>&1
-}
 drh_after() {  # drh_after LIMIT_S DATASET...: one process per (dataset, code length), all side by side
   local lim=$1; shift; local pids=()
   for ds in "$@"; do for b in 16 32 64; do
@@ -47,10 +46,17 @@ drh_after() {  # drh_after LIMIT_S DATASET...: one process per (dataset, code le
   for p in "${pids[@]}"; do wait "$p"; done
   for f in "$OUT"/drh_after_*.md; do echo "== $f"; grep -A12 "^| dataset" "$f" || tail -n 3 "$f"; done
 }
-dch_sweep() {  # issue 11: DCH's paper protocol at 32 bits (bccd128, 200 epochs); LIMIT_S [--resume]
-  RAY_ADDRESS=auto timeout "$1" python -m hashbench sweep configs/papers/dch.yaml --name paper-dch-32 \
-      --set bits=32 --gpus-per-worker 0.5 --leaderboard $LB --storage $SW ${2:-} > "$RES/papers/dch.txt" 2>&1
-  tail -n 5 "$RES/papers/dch.txt"
+papers_run() {  # issue 11: Y-Net (busi256, 500 epochs, 64 bits) and DCH (bccd128, 200 epochs, 32 bits) paper
+  # protocols side by side, each sweep on its own local Ray with the whole GPU (as in session 3, where
+  # Y-Net kept 0.8 s per epoch beside DCH); LIMIT_S [--resume]
+  timeout "$1" python -m hashbench sweep configs/papers/ynet.yaml --name paper-ynet-64 --set methods=ynet \
+      --set bits=64 --leaderboard $LB --storage $SW ${2:-} > "$RES/papers/ynet.txt" 2>&1 &
+  local y=$!
+  sleep 20   # the two local Ray start-ups one after the other
+  timeout "$(( $1 - 20 ))" python -m hashbench sweep configs/papers/dch.yaml --name paper-dch-32 --set bits=32 \
+      --leaderboard $LB --storage $SW ${2:-} > "$RES/papers/dch.txt" 2>&1
+  wait $y
+  tail -n 5 "$RES/papers/ynet.txt" "$RES/papers/dch.txt"
 }
 tables() {
   hb leaderboard compact --leaderboard $LB >/dev/null 2>&1
@@ -72,33 +78,25 @@ case $CALL in
   B)
     python -c "import ray, polars" || { echo ".site is gone (machine was not warm): run call A again"; exit 3; }
     mkdir -p "$HASHBENCH_DATA" "$RES/papers" && tar -xJf .gpudata/busi256.tar.xz -C "$HASHBENCH_DATA"
-    ( hb data prepare bccd128 --recipe bccd --source .gpudata/src/bccd --size 128 --channels 3 --skip-invalid \
-        > "$RES/bccd128_prepare.txt" 2>&1 ) &
-    ray_head
-    stage ynet "$(( $(left) - 25 ))" env RAY_ADDRESS=auto python -m hashbench sweep configs/papers/ynet.yaml \
-        --name paper-ynet-64 --set methods=ynet --set bits=64 --leaderboard $LB --storage $SW
-    wait; tail -n 2 "$RES/bccd128_prepare.txt"
+    hb data prepare bccd128 --recipe bccd --source .gpudata/src/bccd --size 128 --channels 3 --skip-invalid \
+        > "$RES/bccd128_prepare.txt" 2>&1; tail -n 1 "$RES/bccd128_prepare.txt"
+    stage papers "$(( $(left) - 30 ))" bash "$0" papers-run "$(( $(left) - 35 ))"
     stage tables 25 bash "$0" tables
     ;;
   C)
     python -c "import ray, polars" || { echo ".site is gone (machine was not warm)"; exit 3; }
-    tar -xJf .gpudata/chula32.tar.xz -C "$HASHBENCH_DATA"; mkdir -p "$RES/papers"
+    tar -xJf .gpudata/chula32.tar.xz -C "$HASHBENCH_DATA"
     stage imgs 140 bash "$0" imgs
-    ray_head
-    ( OUT="$RES/baselines" CHULA=chula32 LIMIT_S="$(( $(left) - 50 ))" bash benchmarks/baselines_gpu.sh chula \
+    ( OUT="$RES/baselines" CHULA=chula32 LIMIT_S="$(( $(left) - 20 ))" bash benchmarks/baselines_gpu.sh chula \
         > "$RES/baselines_log.txt" 2>&1 ) &
     bl=$!
-    ( mkdir -p "$RES/drh_chula" && OUT="$RES/drh_chula" bash "$0" drh-after "$(( $(left) - 45 ))" chula32 \
-        > "$RES/drh_chula/log.txt" 2>&1 ) &
-    dr=$!
-    stage dch "$(( $(left) - 35 ))" bash "$0" dch-sweep "$(( $(left) - 40 ))"
-    wait $bl; wait $dr; tail -n 40 "$RES/baselines_log.txt"; tail -n 40 "$RES/drh_chula/log.txt"; save C
-    stage tables 25 bash "$0" tables
+    stage drh_chula "$(( $(left) - 10 ))" bash "$0" drh-after "$(( $(left) - 20 ))" chula32
+    wait $bl; tail -n 40 "$RES/baselines_log.txt"; save C
     ;;
-  D)
+  D)   # only if B's time ran out: continue both paper sweeps
     python -c "import ray, polars" || { echo ".site is gone (machine was not warm)"; exit 3; }
-    ray_head; mkdir -p "$RES/papers"
-    stage dch "$(( $(left) - 35 ))" bash "$0" dch-sweep "$(( $(left) - 40 ))" --resume
+    mkdir -p "$RES/papers"
+    stage papers "$(( $(left) - 30 ))" bash "$0" papers-run "$(( $(left) - 35 ))" --resume
     stage tables 25 bash "$0" tables
     ;;
   imgs)   # constellation (before: the tree of 5259925^; now) and triplet, images/s of one epoch on chula32
@@ -111,7 +109,7 @@ case $CALL in
         --dataset chula32 --method constellation --epochs 2 --no-eager 2>&1 | tail -n 8 )
     ;;
   drh-after) shift; drh_after "$@" ;;
-  dch-sweep) shift; dch_sweep "$@" ;;
+  papers-run) shift; papers_run "$@" ;;
   tables) tables ;;
   *) echo "unknown call $CALL" >&2; exit 2 ;;
 esac
