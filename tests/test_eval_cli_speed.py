@@ -71,7 +71,7 @@ def kernels_for_small_inputs(request, monkeypatch):
     monkeypatch.setattr(engines, "CPU_KERNELS", request.param == "numba")
     monkeypatch.delenv("HASHBENCH_EVAL_TORCH_FREE", raising=False)
     expected = PackedDatabase if request.param == "numba" else NumpyDatabase
-    assert cpu_eval._database_class(10 ** 6, 64, histograms_only=False) is expected
+    assert cpu_eval._database_class(10 ** 6, 64) is expected
     return request.param
 
 
@@ -157,15 +157,14 @@ def test_declines_what_it_does_not_serve(kernels_for_small_inputs, monkeypatch):
     monkeypatch.delenv("HASHBENCH_EVAL_TORCH_FREE")
     monkeypatch.setattr(engines, "KERNEL_MIN_PAIRS", KERNEL_MIN_PAIRS)     # 20 x 200 pairs: evaluate's numpy path,
     monkeypatch.setattr(engines, "CPU_KERNELS", True)                      # evaluate_cpu's numpy twin
-    assert cpu_eval._database_class(20 * 200, 16, histograms_only=False) is NumpyDatabase
+    assert cpu_eval._database_class(20 * 200, 16) is NumpyDatabase
     for ties in ("tie-aware", "index"):
         assert_same_results(evaluate_cpu(q, db, ql, dl, ties=ties), evaluate(q, db, ql, dl, ties=ties))
 
 
 def test_one_shot_process_weighs_numbas_start_up(monkeypatch):
-    """In a one-shot process without numba loaded, tie-aware histograms below NUMPY_MAX_PAIRS come from
-    numpy; index ties (the rank pass) and larger inputs take the kernels; once numba is loaded, the
-    kernels from KERNEL_MIN_PAIRS on, as evaluate."""
+    """In a one-shot process without numba loaded, the counts below NUMPY_MAX_PAIRS come from numpy and
+    larger inputs take the kernels; once numba is loaded, the kernels from KERNEL_MIN_PAIRS on, as evaluate."""
     monkeypatch.setattr(engines, "CPU_KERNELS", True)
     monkeypatch.setattr(engines, "KERNEL_MIN_PAIRS", KERNEL_MIN_PAIRS)
     monkeypatch.setattr(cpu_eval, "_ONE_SHOT", True)
@@ -173,12 +172,11 @@ def test_one_shot_process_weighs_numbas_start_up(monkeypatch):
     monkeypatch.delitem(sys.modules, "numba")                    # as in a fresh process (restored after)
     monkeypatch.setattr(cpu_eval, "preload_cython_blas", lambda: False)
     big = cpu_eval.NUMPY_MAX_PAIRS
-    assert pick(big - 1, 64, histograms_only=True) is NumpyDatabase
-    assert pick(big, 64, histograms_only=True) is PackedDatabase
-    assert pick(big - 1, 64, histograms_only=False) is PackedDatabase
-    assert pick(KERNEL_MIN_PAIRS - 1, 64, histograms_only=False) is NumpyDatabase
+    assert pick(big - 1, 64) is NumpyDatabase
+    assert pick(big, 64) is PackedDatabase
+    assert pick(KERNEL_MIN_PAIRS - 1, 64) is NumpyDatabase
     monkeypatch.setattr(cpu_eval, "_ONE_SHOT", False)
-    assert pick(big - 1, 64, histograms_only=True) is PackedDatabase
+    assert pick(big - 1, 64) is PackedDatabase
 
 
 def test_constants_agree_with_the_torch_modules():
@@ -215,8 +213,11 @@ def big_file(tmp_path_factory):
 
 
 CLI_PROBE = """
-    import io, json, sys, contextlib
+    import io, json, os, sys, contextlib
     from hashbench.platform.cli import main
+    if "PROBE_NUMPY_MAX_PAIRS" in os.environ:      # where a one-shot process switches to the numba kernels
+        from hashbench.platform.evaluation import cpu_eval
+        cpu_eval.NUMPY_MAX_PAIRS = int(os.environ["PROBE_NUMPY_MAX_PAIRS"])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = main(sys.argv[1:])
@@ -243,10 +244,11 @@ def test_cli_prints_what_the_torch_path_prints_without_importing_torch(big_file,
     assert fast["stdout"] == slow["stdout"]
     assert "engine=faiss on cpu" in fast["stdout"]
     assert "torch" not in fast["modules"] and "torch" in slow["modules"]
-    if ties == "index":           # the rank pass runs in numba: preload_cython_blas spared scipy.linalg
-        assert "scipy.linalg" not in fast["modules"] and fast["numba_blas"] is True
-    else:                         # histograms only, below NUMPY_MAX_PAIRS: numpy, numba not even imported
-        assert not fast["numba"] and fast["numba_blas"] is None
+    assert not fast["numba"] and "scipy.linalg" not in fast["modules"]   # below NUMPY_MAX_PAIRS: numpy
+    # above it: the numba kernels, which start without all of scipy.linalg (preload_cython_blas)
+    kernels = probe(args, env={"PROBE_NUMPY_MAX_PAIRS": "0"})
+    assert kernels["stdout"] == slow["stdout"] and "torch" not in kernels["modules"]
+    assert kernels["numba"] and kernels["numba_blas"] is True and "scipy.linalg" not in kernels["modules"]
     lazy = {"hashbench.platform.evaluation.core", "hashbench.platform.evaluation.engines",
             "hashbench.platform.evaluation.metrics"}
     others = {f"hashbench.platform.cli.{name}_cmd" for name in SUBCOMMANDS if name != "eval"}

@@ -17,11 +17,9 @@ accuracy or per-query values (what the CLI asks for). ``HASHBENCH_EVAL_TORCH_FRE
 
 Which counts: the numba kernels where ``evaluate`` would use them (``HASHBENCH_EVAL_NUMBA``, numba
 importable, at least ``KERNEL_MIN_PAIRS`` pairs), else the numpy twin. A process declared one-shot
-(:func:`one_shot`, called by the CLI) that has not loaded numba also takes the numpy twin for tie-aware
-histograms below :data:`NUMPY_MAX_PAIRS` pairs: numba's start-up (about 1 s) costs more than numpy's
-slower counting there. The index-tie rank pass stays in numba (numpy needs a sort per query: slower
-than numba's start-up and pass together at 1000 x 59000). Before numba loads in a one-shot process,
-:func:`preload_cython_blas` runs (see there for why it stays).
+(:func:`one_shot`, called by the CLI) that has not loaded numba also takes the numpy twin below
+:data:`NUMPY_MAX_PAIRS` pairs: numba's start-up (0.5-1 s) costs more than numpy's slower counting
+there. Above it, :func:`preload_cython_blas` runs before numba loads (see there for why it stays).
 
 Agreement with ``evaluate``: the integer parts (histograms, kernel sums, counts, cut-offs, the
 protocol) are the same numbers; the float64 arithmetic is the same operations in the same order,
@@ -97,7 +95,7 @@ def evaluate_cpu(query_codes, db_codes, query_labels, db_labels, *, distance: st
         return None
     if not _faiss_available():                          # evaluate would pick the torch engine
         return None
-    database = _database_class(n_q * n_db, dim, histograms_only=ties == "tie-aware")
+    database = _database_class(n_q * n_db, dim)
     return _evaluate(q, d, ql, dl, database, cutoffs, n_eff, convention=convention, ties=ties,
                      exclude_no_hit=bool(exclude_no_hit), hamming_radius=hamming_radius,
                      exclude_self=exclude_self, distance=distance)
@@ -110,16 +108,17 @@ def preload_cython_blas() -> bool:
     one of them, ``numba.np.arraymath``, checks at import that BLAS is there (for ``np.dot`` and
     friends, which our kernels never call) with ``import scipy.linalg.cython_blas``, and importing that
     module first runs ``scipy/linalg/__init__.py`` (all of scipy.linalg and scipy's array-API layer:
-    0.3-0.7 s on the 2-core machine, a quarter of a ``--ties index`` call). This loads the
+    0.3-0.7 s on the 2-core machine, a third of numba's start-up). This loads the
     ``cython_blas`` extension module alone, from the same file, and registers it under its name, so
     numba's check finds it, as it would, without the package's ``__init__``.
 
     Why it stays: numba has no setting that skips or defers the check (it runs at the import of
     ``numba.np.arraymath``, which every kernel load imports); making scipy absent would turn numba's
-    BLAS support off for the whole process; the alternatives that avoid numba's start-up altogether
-    (an ahead-of-time compiled extension, a build step) or the numpy twin (a sort per query, slower
-    for the index-tie pass) cost more. It is limited to one-shot processes, runs only just before
-    numba loads, and falls back to the ordinary import on any surprise. A later ``import
+    BLAS support off for the whole process; the numpy twin (``cpu_numpy``) replaces numba in one-shot
+    processes only below ``NUMPY_MAX_PAIRS`` (above, the kernels' speed is needed), and avoiding numba's
+    start-up altogether would take an ahead-of-time compiled extension (a build step per platform).
+    It is limited to one-shot processes, runs only just before numba loads, and falls back to the
+    ordinary import on any surprise. A later ``import
     scipy.linalg`` in the same process still works (and reuses this module); only the attribute
     ``scipy.linalg.cython_blas`` is then missing (``from scipy.linalg import cython_blas`` works;
     tests/test_eval_cli_speed.py checks both). Does nothing when numba's library or scipy.linalg is
@@ -155,22 +154,21 @@ def one_shot() -> None:
 
 
 _ONE_SHOT = False
-#: a one-shot process that has not loaded numba computes tie-aware histograms in numpy below this many
-#: query-item pairs (numpy: about 0.35 s per 59M pairs on the 2-core machine, against numba's ~1 s start-up
-#: plus 0.05 s; benchmarks/results/2026-12-06/eval_cpu.md)
+#: a one-shot process that has not loaded numba counts in numpy below this many query-item pairs: on the
+#: 2-core machine numpy takes 0.3 s (index ties) or 0.15 s (histograms) more per 59M pairs than the kernels,
+#: whose start-up costs 0.5-1 s (benchmarks/results/2026-12-06/eval_cpu.md)
 NUMPY_MAX_PAIRS = 2 ** 27
 
 
-def _database_class(pairs: int, bits: int, histograms_only: bool):
+def _database_class(pairs: int, bits: int):
     """The class that computes the level counts (and index-tie sums): the numba kernels'
     ``PackedDatabase`` where ``evaluate`` would use them (``FaissEngine.kernels_usable``), unless this is a
-    one-shot process without numba loaded and only histograms are needed below ``NUMPY_MAX_PAIRS`` pairs;
-    else their numpy twin ``cpu_numpy.NumpyDatabase`` (the same counts)."""
+    one-shot process without numba loaded and below ``NUMPY_MAX_PAIRS`` pairs; else their numpy twin
+    ``cpu_numpy.NumpyDatabase`` (the same counts)."""
     engines = sys.modules.get(_ENGINES_MODULE)           # already imported: honour its (test) settings
     on = engines.CPU_KERNELS if engines else os.environ.get("HASHBENCH_EVAL_NUMBA", "1") != "0"
     min_pairs = engines.KERNEL_MIN_PAIRS if engines else KERNEL_MIN_PAIRS
-    start_up_costs_more = (_ONE_SHOT and histograms_only and "numba" not in sys.modules
-                           and pairs < NUMPY_MAX_PAIRS)
+    start_up_costs_more = _ONE_SHOT and "numba" not in sys.modules and pairs < NUMPY_MAX_PAIRS
     if on and pairs >= min_pairs and bits <= MAX_BITS and not start_up_costs_more:
         if _ONE_SHOT and enabled():
             preload_cython_blas()

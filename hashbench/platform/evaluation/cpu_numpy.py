@@ -14,8 +14,9 @@ Same outputs as the numba kernels (the integer counts identical; ``S`` summed in
 than in database order, so it may differ in the last bit). Query chunks run on a thread pool (numpy
 releases the GIL in the XOR, popcount and sort). Its use: a process that has not loaded numba yet
 (a ``hashbench eval`` call) saves numba's start-up (import and loading of its library of
-implementations and the cached kernels: about 1 s on the 2-core machine), which outweighs the slower
-arithmetic up to ``cpu_eval.NUMPY_MAX_PAIRS`` query-item pairs.
+implementations and the cached kernels: 0.5-1 s on the 2-core machine), which outweighs the slower
+arithmetic up to ``cpu_eval.NUMPY_MAX_PAIRS`` query-item pairs; ``evaluate`` below
+``engines.KERNEL_MIN_PAIRS`` has a numpy path of its own (through torch), which this does not replace.
 """
 
 from __future__ import annotations
