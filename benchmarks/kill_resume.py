@@ -8,7 +8,7 @@ trial (no duplicates), every row's times consistent (``started_at <= finished_at
 ``time_total_s >= time_train_s``), no run directory without a row. Ray runs under its own temporary
 directory; what the killed driver leaves of it is ended by process id.
 
-    python benchmarks/kill_resume.py [--work DIR]
+    python benchmarks/kill_resume.py [--work DIR] [--bits 8,16]
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ def _run(cmd: list, env: dict, kill_when=None, timeout: float = 600) -> tuple:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default=None, help="working directory (default: a temporary one, removed)")
+    p.add_argument("--bits", default="8", help="code lengths, comma-separated (8,16: two searched dch studies, "
+                                               "run together in one experiment)")
     args = p.parse_args(argv)
     work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="kill-resume-"))
     os.makedirs(work, exist_ok=True)
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
               lsh: {{}}
               itq: {{}}
             datasets: [{store}]
-            bits: [8]
+            bits: [{args.bits}]
             epochs: 3
             asha: false
             checkpoint_interval_s: 0
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
     lb, runs = os.path.join(work, "lb"), os.path.join(work, "runs")
     sweep = [sys.executable, "-m", "hashbench", "sweep", cfg]
 
-    def first_search_trial_running():  # a dch trial (searched study: ids without "_") that has not finished
+    def first_search_trial_running():  # a trial of the search experiment (ids without "_") not finished yet
         if not os.path.isdir(runs):
             return False
         return any(n.startswith("kill-") and "_" not in n and not os.path.exists(os.path.join(runs, n, "metrics.json"))

@@ -61,7 +61,9 @@ def test_sweep_rows_resume_seeds_and_reproduce(ray_session, tiny_store, tmp_path
     out = capsys.readouterr().out
     # the trials' epoch-0 checkpoints were removed when each trial ended (and --resume below still works)
     assert not list((tmp_path / "sweeps").rglob("checkpoint_*"))
-    assert "4 trials" in out and "[dch-tiny-8b] 3 trial(s)" in out and "[fixed] 1 trial(s)" in out
+    # the searched dch study and the single-trial lsh study run as one experiment (docs/sweeps.md)
+    assert "4 trials" in out and "[search] 4 trial(s) of 2 studies" in out
+    assert "[dch-tiny-8b] 3 trial(s)" in out and "[lsh-tiny-8b] 1 trial(s)" in out
     df = read_leaderboard(tmp_path / "lb")
     # exactly one row per finished trial: 3 searched dch trials + 1 lsh trial
     assert df.height == 4 and df["trial_id"].n_unique() == 4 and df["run_id"].n_unique() == 4
@@ -258,7 +260,7 @@ def test_one_epoch_asha_trials_are_all_tested_and_resume_keeps_finished_trials(r
 
     # the driver "died" after the lsh trial wrote its row but before Tune saved it as finished
     lsh = df.filter(pl.col("method") == "lsh").row(0, named=True)
-    _mark_running(tmp_path / "sweeps" / "t" / "fixed", lsh["trial_id"])
+    _mark_running(tmp_path / "sweeps" / "t" / "search", lsh["trial_id"])
     metrics_mtime = os.path.getmtime(os.path.join(lsh["run_dir"], "metrics.json"))
     # ... and two trials Tune never saved: one unfinished (only config.json), one finished without a row
     runs = tmp_path / "runs"

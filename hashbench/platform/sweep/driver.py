@@ -1,9 +1,11 @@
 """The sweep driver: Ray Tune + Optuna over the studies of a validated :class:`SweepConfig`.
 
 Layout under the storage root ``<storage>/<sweep name>/``: ``sweep.json`` (the manifest: config
-text, leaderboard directory) and one Tune experiment per searched study (``<method>-<dataset>-<bits>b``),
-one ``fixed`` experiment running every single-trial study side by side, and one ``seeds`` experiment
-for the ``--seeds`` re-runs. ``--resume`` restores each experiment with ``Tuner.restore``.
+text, leaderboard directory), one experiment running every study of the sweep together (``search``;
+named after the study, ``<method>-<dataset>-<bits>b``, when the sweep has one searched study and no
+other; ``fixed``, a grid of one trial per study, when no study is searched), each study with its own
+searcher and ASHA (:mod:`hashbench.platform.sweep.multi`), and one ``seeds`` experiment for the
+``--seeds`` re-runs. ``--resume`` restores each experiment with ``Tuner.restore``.
 
 Each finished trial writes its own leaderboard row; after each experiment the driver writes the
 rows still missing (trials that ASHA stopped, that failed, or that ended while the driver was
@@ -533,17 +535,42 @@ def _sampler_seed(cfg: SweepConfig, key: str) -> int:
     return (cfg.seed * 1_000_003 + zlib.crc32(key.encode())) % (2**31 - 1)
 
 
+def study_search(cfg: SweepConfig, together: list) -> tuple:
+    """The searcher and scheduler of an experiment running the studies ``together``: for a searched
+    study a seeded Optuna TPE searcher and ASHA (or none), for a single-trial study its fixed
+    configuration and no ASHA, behind a :class:`StudySearcher` and a :class:`StudyScheduler`
+    (hashbench.platform.sweep.multi) that keep the studies apart."""
+    from optuna.samplers import TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from hashbench.platform.sweep.multi import FixedConfig, StudyScheduler, StudySearcher
+
+    def searcher_of(s: Study):
+        if s.trials == 1 or not s.search:
+            return FixedConfig()
+        space = OptunaSearch.convert_search_space({n: d.to_tune() for n, d in s.search.items()})
+        return OptunaSearch(space=space, metric=METRIC, mode="max", sampler=TPESampler(seed=_sampler_seed(cfg, s.key)))
+
+    searcher = StudySearcher({s.key: searcher_of(s) for s in together}, {s.key: s.trials for s in together},
+                             key_field=STUDY_KEY, metric=METRIC, mode="max")
+    scheduler = StudyScheduler({s.key: make_scheduler(cfg, s.epochs) if s.trials > 1 and s.search else None
+                                for s in together}, key_field=STUDY_KEY)
+    return searcher, scheduler
+
+
 def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, default_key: Optional[str],
-                    param_space: dict, num_samples: int, searched: Optional[Study], plan: Plan,
+                    param_space: dict, together: list, plan: Plan,
                     sweep_id: str, leaderboard: str, role: str, resume: bool, emit,
                     callbacks: Optional[list] = None) -> dict:
+    """One Tune experiment: the studies ``together`` (each with its own searcher and ASHA), or, with
+    ``together`` empty, the grid ``param_space`` (one trial per grid point)."""
     from ray import tune
 
     common = dict(cfg=cfg, studies=studies, default_key=default_key, sweep_id=sweep_id,
                   leaderboard=leaderboard, gpus=plan.gpus_per_worker, role=role)
     trainable = tune.with_resources(tune.with_parameters(_trial, **common), plan.trial_resources)
     path = f"{root}/{name}"
-    total = num_samples if searched is not None else _grid_size(param_space)
+    total = sum(s.trials for s in together) if together else _grid_size(param_space)
     from hashbench.platform.registry import get_method
 
     two_stage = frozenset(k for k, st in studies.items() if get_method(st.method).finalize is not None)
@@ -557,24 +584,62 @@ def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, de
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         searcher = scheduler = None
-        if searched is not None:
-            from optuna.samplers import TPESampler
-            from ray.tune.search.optuna import OptunaSearch
-
-            searcher = OptunaSearch(sampler=TPESampler(seed=_sampler_seed(cfg, searched.key)))
-            scheduler = make_scheduler(cfg, searched.epochs)
+        if together:
+            searcher, scheduler = study_search(cfg, together)
+            param_space = {}
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
-                                        num_samples=num_samples, reuse_actors=True,
+                                        num_samples=total if together else 1, reuse_actors=True,
                                         max_concurrent_trials=max(1, min(plan.capacity, total))),
             run_config=run_config)
-    emit(f"[{name}] {total} trial(s), "
+    studies_line = f" of {len(together)} studies" if len(together) > 1 else ""
+    emit(f"[{name}] {total} trial(s){studies_line}, "
          f"up to {plan.capacity} at a time, {plan.trial_resources}")
+    if len(together) > 1:
+        for s in together:
+            emit(f"[{s.key}] {s.trials} trial(s) in experiment {name!r}")
     grid = tuner.fit()
     counts = _fill_rows(grid, **common)
     remove_finished_checkpoints(grid._experiment_analysis.trials, cfg.out_dir, sweep_id)
     return counts
+
+
+SEARCH_EXPERIMENT, FIXED_EXPERIMENT = "search", "fixed"
+
+
+def plan_experiments(root: str, studies: list, resume: bool) -> list:
+    """``[(experiment name, studies, grid)]``: the experiments that run the studies (not the seeds).
+
+    Every study runs in one experiment, so trial processes serve every study: ``search`` (named after
+    the study when there is one searched study and no other), or, when no study is searched, the grid
+    ``fixed`` (``grid`` True: one trial per study, no searcher). A sweep begun by an older hashbench ran
+    its single-trial studies in ``fixed`` and each searched study as its own experiment (named after
+    the study); ``--resume`` continues those experiments as they are and runs the other studies
+    together.
+    """
+    from ray import tune
+
+    def restorable(name: str) -> bool:
+        return resume and tune.Tuner.can_restore(f"{root}/{name}")
+
+    searched = [s for s in studies if s.trials > 1]
+    fixed = [s for s in studies if s.trials == 1]
+    if not searched:
+        return [(FIXED_EXPERIMENT, fixed, True)] if fixed else []
+    plan, alone = [], []
+    if fixed and restorable(FIXED_EXPERIMENT):
+        plan.append((FIXED_EXPERIMENT, fixed, True))
+        alone += fixed
+    for s in searched:
+        if restorable(s.key):
+            plan.append((s.key, [s], False))
+            alone.append(s)
+    rest = [s for s in studies if s not in alone]
+    if rest:
+        lone = len(rest) == 1 and rest[0].trials > 1 and not restorable(SEARCH_EXPERIMENT)
+        plan.append((rest[0].key if lone else SEARCH_EXPERIMENT, rest, False))
+    return plan
 
 
 def _grid_size(space: dict) -> int:
@@ -664,19 +729,15 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
                   studies=studies, callbacks=callbacks)
     known: set = set()  # every trial id Tune knows in this sweep's experiments
 
-    fixed = [s for s in cfg.studies if s.trials == 1]
-    if fixed:
-        from ray import tune
+    for name, group, grid in plan_experiments(root, cfg.studies, resume):
+        if grid:
+            from ray import tune
 
-        c = _run_experiment("fixed", root, default_key=None, num_samples=1, searched=None,
-                            param_space={STUDY_KEY: tune.grid_search([s.key for s in fixed])}, role="trial",
-                            **common)
-        counts = {k: counts[k] + c[k] for k in counts}
-        known.update(c["trial_ids"])
-    for study in (s for s in cfg.studies if s.trials > 1):
-        c = _run_experiment(study.key, root, default_key=study.key, num_samples=study.trials,
-                            param_space={n: d.to_tune() for n, d in study.search.items()}, searched=study,
-                            role="trial", **common)
+            c = _run_experiment(name, root, default_key=None, together=[], role="trial", **common,
+                                param_space={STUDY_KEY: tune.grid_search([s.key for s in group])})
+        else:
+            c = _run_experiment(name, root, default_key=group[0].key if len(group) == 1 else None, param_space={},
+                                together=group, role="trial", **common)
         counts = {k: counts[k] + c[k] for k in counts}
         known.update(c["trial_ids"])
 
@@ -695,7 +756,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
             space = {STUDY_KEY: tune.grid_search(sorted(seed_studies)),
                      SEED_KEY: tune.grid_search([cfg.seed + k for k in range(1, cfg.seeds + 1)])}
             c = _run_experiment("seeds", root, **{**common, "studies": seed_studies}, default_key=None,
-                                num_samples=1, searched=None, param_space=space, role="seed")
+                                together=[], param_space=space, role="seed")
             counts = {k: counts[k] + c[k] for k in counts}
             known.update(c["trial_ids"])
     recorded, removed = forgotten_runs(cfg, sweep_id, known)
