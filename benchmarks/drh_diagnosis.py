@@ -81,7 +81,7 @@ def table(headers, rows) -> str:
 
 def mean_ci(values):
     """``(mean, 95 % Student-t half-width)``; half-width NaN below two values."""
-    from hashbench.platform.leaderboard import mean_ci as _mean_ci
+    from hashbench.platform.stats import mean_ci as _mean_ci
 
     m, h, _ = _mean_ci(values, 0.95)
     return m, h

@@ -51,7 +51,7 @@ def _params_for(sets: dict, method: str, dataset: str) -> dict:
 
 def mean_ci(values) -> tuple:
     """``(mean, 95 % Student-t half-width, n)`` (the leaderboard's); the half-width is NaN below two values."""
-    from hashbench.platform.leaderboard import mean_ci as _mean_ci
+    from hashbench.platform.stats import mean_ci as _mean_ci
 
     return _mean_ci(values, 0.95)
 

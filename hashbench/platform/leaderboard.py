@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Optional
 import polars as pl
 
 from hashbench.platform.errors import HashbenchError
+from hashbench.platform.stats import mean_ci, t_quantile  # noqa: F401  (re-exported; their polars-free home)
 
 SCHEMA_VERSION = 2
 
@@ -341,26 +342,6 @@ def best_runs(df: pl.DataFrame, metric: str = "val_mAP@100", axis: str = DEFAULT
     return (done.sort([metric, "finished_at", "row_id"], descending=[True, False, False], nulls_last=True)
             .group_by(group, maintain_order=True).first()
             .sort(_sort_keys(axis), nulls_last=True))
-
-
-def t_quantile(n: int, level: float = 0.95) -> float:
-    """Two-sided Student-t quantile for ``n`` samples (``n - 1`` degrees of freedom)."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + level / 2, n - 1))
-
-
-def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float, int]:
-    """``(mean, half-width of the level CI by the t-distribution, n)``; half-width is NaN for n < 2."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(vals)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = sum(vals) / n
-    if n < 2:
-        return mean, math.nan, n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    return mean, t_quantile(n, level) * sd / math.sqrt(n), n
 
 
 def seed_summary(df: pl.DataFrame, metrics: Iterable[str] = ("test_mAP@100",),

@@ -169,6 +169,28 @@ def nemenyi_cd(k: int, n: int, alpha: float = ALPHA) -> float:
     return nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6.0 * n))
 
 
+# ------------------------------------------------------------------------------------------ seed intervals
+
+def t_quantile(n: int, level: float = 0.95) -> float:
+    """Two-sided Student-t quantile for ``n`` samples (``n - 1`` degrees of freedom)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, n - 1))
+
+
+def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float, int]:
+    """``(mean, half-width of the level CI by the t-distribution, n)``; half-width is NaN for n < 2."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(vals) / n
+    if n < 2:
+        return mean, math.nan, n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    return mean, t_quantile(n, level) * sd / math.sqrt(n), n
+
+
 # ------------------------------------------------------------------------------------------ leaderboard glue
 
 def metric_column(metric: str) -> str:
