@@ -282,3 +282,21 @@ def test_one_epoch_asha_trials_are_all_tested_and_resume_keeps_finished_trials(r
     assert (again["time_total_s"] >= again["time_train_s"]).all()
     with_rows = {os.path.basename(p) for p in again["run_dir"]}
     assert {p.name for p in runs.iterdir() if p.name.startswith("t-")} == with_rows   # no run dir without a row
+
+
+def test_new_sweep_refuses_run_directories_left_by_an_earlier_sweep_of_that_name(tiny_store, tmp_path, capsys):
+    """A fresh sweep (no Tune state) whose out_dir holds finished runs of a sweep with the same name would
+    adopt them as its own forgotten trials (rows that this sweep never ran): refused before Ray starts,
+    nothing written."""
+    cfg = _config(tmp_path, tiny_store)
+    old = tmp_path / "runs" / "t-7e95a38c"
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text("{}")
+    (tmp_path / "runs" / "other-1234abcd").mkdir()          # another sweep's run: no reason to refuse
+    assert main(["sweep", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "1 run directory of an earlier sweep named 't'" in err and "t-7e95a38c" in err and "runs" in err
+    assert not (tmp_path / "lb").exists() and not (tmp_path / "sweeps").exists()
+    old.rename(tmp_path / "runs" / "u-7e95a38c")             # gone: the same command passes the check
+    from hashbench.platform.sweep.driver import _sweep_run_dirs
+    assert _sweep_run_dirs(str(tmp_path / "runs"), "t") == {}

@@ -703,6 +703,13 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
     if not resume and manifest is not None:
         raise HashbenchError(f"sweep {cfg.name!r} already exists in {root}; pass --resume to continue it, "
                              f"or set another 'name' in {cfg.source}")
+    stale = {} if resume else _sweep_run_dirs(cfg.out_dir, cfg.name)
+    if stale:  # a new sweep would take these for its own forgotten trials and write rows for them
+        raise HashbenchError(f"out_dir {cfg.out_dir} holds {len(stale)} run director"
+                             f"{'y' if len(stale) == 1 else 'ies'} of an earlier sweep named {cfg.name!r} "
+                             f"(e.g. {os.path.basename(sorted(stale.values())[0])}) but {root} has no sweep of "
+                             f"that name: remove them, set another 'name' in {cfg.source} (or --name), "
+                             f"or point --storage at that sweep's state and pass --resume")
     made = _missing_dirs([p for p in (root, cfg.leaderboard, cfg.out_dir) if "://" not in p])
     try:
         check_storage(root)
