@@ -12,3 +12,8 @@ stage() {  # stage NAME LIMIT_S COMMAND... (uses $CALL and $STAGE_TAIL, default 
   echo "=== $name rc=$rc in $((SECONDS - t0)) s ===" | tee -a "$RES/$name/log.txt"
   tail -n "${STAGE_TAIL:-60}" "$RES/$name/log.txt"; save "$CALL"
 }
+# paper-protocol runs: the hashbench shim of .site/bin, where their leaderboard and Tune state live
+export PATH=$PWD/.site/bin:$PATH
+LB=/tmp/papers/leaderboard; SW=/tmp/papers/sweeps
+hb() { python -m hashbench "$@"; }
+left() { echo $(( ${BUDGET:-${DEFAULT_BUDGET:-560}} - SECONDS )); }   # seconds left in this call (BUDGET)

@@ -17,12 +17,9 @@
 # Every stage has a time limit; results are re-packed into $OUT after each stage, so a call cut short
 # still returns what finished.
 set -uo pipefail
+DEFAULT_BUDGET=570
 . benchmarks/gpu_common.sh
 STAGE_TAIL=40
-export PATH=$PWD/.site/bin:$PATH
-LB=/tmp/papers/leaderboard; SW=/tmp/papers/sweeps
-hb() { python -m hashbench "$@"; }
-left() { echo $(( ${BUDGET:-570} - SECONDS )); }   # seconds left in this call
 ray_head() {  # one local Ray cluster that both paper sweeps join (RAY_ADDRESS)
   # a head left by an earlier call may be half-alive: a bounded check, else stop it and start afresh
   timeout 20 python -c "import ray; ray.init(address='auto'); ray.shutdown()" >/dev/null 2>&1 && return 0

@@ -31,10 +31,6 @@
 set -uo pipefail
 . benchmarks/gpu_common.sh
 STAGE_TAIL=30
-export PATH=$PWD/.site/bin:$PATH
-LB=/tmp/papers/leaderboard; SW=/tmp/papers/sweeps
-hb() { python -m hashbench "$@"; }
-left() { echo $(( ${BUDGET:-560} - SECONDS )); }   # seconds left in this call
 drh_after() {  # drh_after LIMIT_S DATASET...: one process per (dataset, code length), all side by side
   local lim=$1; shift; local pids=()
   for ds in "$@"; do for b in 16 32 64; do
