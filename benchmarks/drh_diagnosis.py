@@ -54,13 +54,14 @@ EXPERIMENTS = ("curves", "codes", "bits", "balance", "lr", "scale", "wd", "batch
 FAMILY = ("drh", "drh-nq", "dph")
 
 
-def run(method, dataset, bits, epochs, seed, device, threads, params=None, batch_size=None, out=None):
-    """One training through ``run_local``: ``(RunResult, wall seconds)``."""
+def run(method, dataset, bits, epochs, seed, device, threads, params=None, batch_size=None, out=None, train=None):
+    """One training through ``run_local``: ``(RunResult, wall seconds)``; ``train``: further TrainConfig
+    fields (``--train``, e.g. ``{"precise_bn": true, "plateau_on": "val_map"}``)."""
     from hashbench.platform.training import TrainConfig, run_local
 
     cfg = TrainConfig(method=method, dataset=dataset, bits=bits, epochs=epochs, params=dict(params or {}),
                       batch_size=batch_size, seed=seed, out_dir=out, device=device, torch_threads=threads,
-                      eval_ks=(100,))
+                      eval_ks=(100,), **dict(train or {}))
     t = time.perf_counter()
     res = run_local(cfg)
     return res, time.perf_counter() - t
@@ -101,10 +102,11 @@ class Runner:
         if (self.args.old if old is None else old) and method in FAMILY:
             params = {**OLD_DEFAULTS, **(params or {})}
         res, wall = run(method, dataset, bits, epochs, seed, self.args.device, self.args.threads, params,
-                        batch_size, self.out)
+                        batch_size, self.out, self.args.train_options)
         self.cpu_s += wall
         rec = {"tag": tag, "method": method, "dataset": dataset, "bits": bits, "epochs": epochs, "seed": seed,
-               "params": dict(params or {}), "batch_size": batch_size or res.config.get("batch_size"),
+               "params": dict(params or {}), "train": dict(self.args.train_options),
+               "batch_size": batch_size or res.config.get("batch_size"),
                "test_mAP@100": float(res.metrics["test_mAP@100"]), "val_mAP@100": float(res.metrics["val_mAP@100"]),
                "best_epoch": res.best_epoch, "history": res.history, "wall_s": wall, "run_dir": res.run_dir,
                "readouts": {k: float(v["metrics"]["test_mAP@100"]) for k, v in res.readouts.items()}}
@@ -276,7 +278,15 @@ def main(argv=None) -> int:
     p.add_argument("--sides", default="before,after", help="after: which of before / after to run")
     p.add_argument("--out", default=None, help="run directories (default: a temporary directory)")
     p.add_argument("--json-out", default=None, help="write every run's record (history included) here")
+    p.add_argument("--train", default="{}",
+                   help='further TrainConfig fields for every run, as JSON: e.g. \'{"precise_bn": true}\'')
     args = p.parse_args(argv)
+    try:
+        args.train_options = json.loads(args.train)
+    except json.JSONDecodeError as exc:
+        p.error(f"--train: not JSON ({exc}): {args.train!r}")
+    if not isinstance(args.train_options, dict):
+        p.error(f"--train: expected a JSON object of TrainConfig fields, got {args.train!r}")
     exps = [e for e in args.experiments.split(",") if e]
     bad = [e for e in exps if e not in EXPERIMENTS]
     if bad:

@@ -76,6 +76,7 @@ class Trunk:
     batch_size: int = 32
     epochs: int = 30
     cuda_graph: bool = False
+    plateau_on: str = "val_map"  # what the trunk's plateau scheduler is stepped with (Method.plateau_on)
 
 
 TRUNKS = {
@@ -87,7 +88,7 @@ TRUNKS = {
         "drn", "DRH's residual network + tanh layer (K units) trained with J_S only",
         _build_drn, _drn_loss, drh._build_sgd, drh._network_params() + (SEED,),
         feature_dim=lambda ctx, hp: ctx.bits, build_scheduler=drh._build_plateau,
-        batch_size=128, epochs=100, cuda_graph=True),
+        batch_size=128, epochs=100, cuda_graph=True, plateau_on=drh.PLATEAU_ON),
 }
 
 
@@ -240,7 +241,8 @@ def register_two_stage(method_id: str, *, trunk: str, hasher: Hasher, summary: s
         build_model=build_model, build_loss=spec.build_loss, build_optimizer=spec.build_optimizer,
         build_scheduler=spec.build_scheduler, finalize=finalize, params=spec.params + hasher.params,
         code_type="binary", distance="hamming", batch_size=spec.batch_size, epochs=spec.epochs,
-        cuda_graph=spec.cuda_graph, requires=Requirements(labels=True, multi_label=True, min_image_size=8)))
+        cuda_graph=spec.cuda_graph, plateau_on=spec.plateau_on,
+        requires=Requirements(labels=True, multi_label=True, min_image_size=8)))
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:

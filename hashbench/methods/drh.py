@@ -198,7 +198,8 @@ def _network_params() -> tuple:
         Param("weight_decay", 5e-4, search=(1e-5, 1e-3), log=True, bounds=(0, None),
               help="λ_w R_W as SGD weight decay (value not in the paper; MatConvNet's default)"),
         Param("lr_patience", 15, type="int", bounds=(0, None),
-              help="epochs without a better val mAP before lr is divided by 10"),
+              help="epochs without improvement before lr is divided by 10 (of the mean training loss: "
+                   "plateau_on=train_loss, the family's default; or of the val mAP)"),
     )
 
 
@@ -229,9 +230,17 @@ def _build_sgd(parameters, hp):
 
 
 def _build_plateau(optimizer, hp):
-    """lr / 10 when the validation mAP stops improving (stepped with the val mAP)."""
+    """lr / 10 after ``lr_patience`` epochs without improvement. The platform steps it with what
+    ``plateau_on`` names and sets its mode to match: for the DRH family the epoch's mean training
+    loss (``PLATEAU_ON``, the paper's "upon convergence"), else the validation mAP."""
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1,
                                                       patience=hp["lr_patience"])
+
+
+#: the DRH family's plateau quantity: "upon convergence at a particular setting of η, we scale the learning
+#: rate multiplicatively by a factor of 0.1", where η is chosen as "the largest learning rate that stably
+#: decreases the objective function": convergence of the training objective, not of a validation metric
+PLATEAU_ON = "train_loss"
 
 
 #: DRH-NB (Conjeti et al., Table 2): the drh model's continuous tanh outputs, no sign, by L2
@@ -255,7 +264,7 @@ def _register(mid: str, summary: str, *, residual: bool, hashing_losses: bool, f
         build_model=build_model, build_loss=build_loss, build_optimizer=_build_sgd,
         build_scheduler=_build_plateau, params=_network_params() + _FAMILY_PARAMS + lambdas,
         code_type="float" if float_codes else "binary", distance="l2" if float_codes else "hamming",
-        batch_size=128, epochs=100, cuda_graph=True, readouts=readouts,
+        batch_size=128, epochs=100, cuda_graph=True, readouts=readouts, plateau_on=PLATEAU_ON,
         requires=Requirements(labels=True, multi_label=True, min_image_size=8)))
 
 

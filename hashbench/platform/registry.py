@@ -15,7 +15,9 @@ methods through this contract:
   module (not the DDP wrapper), for losses on weights.
 * ``build_optimizer(parameters, hp)`` and optionally
   ``build_scheduler(optimizer, hp)``; a scheduler whose ``step`` takes a
-  metric (ReduceLROnPlateau) is stepped with the validation mAP each epoch.
+  metric (ReduceLROnPlateau) is stepped each epoch with the validation mAP, or
+  with the epoch's mean training loss when ``plateau_on`` is ``"train_loss"``
+  (the platform sets the scheduler's mode to match: ``training/plateau.py``).
 * optionally ``finalize(model, batches, hp)``, called once after training
   with an iterable of :class:`Batch` over the train split (two-stage baselines
   fit their projection here).
@@ -38,6 +40,8 @@ from hashbench.platform.errors import HashbenchError
 PARAM_TYPES = ("float", "int", "bool", "choice", "str")
 CODE_TYPES = ("binary", "float")
 DISTANCES = ("hamming", "l2", "cosine")
+#: what a plateau scheduler can be stepped with (docs/training.md, training/plateau.py)
+PLATEAU_ON = ("val_map", "train_loss")
 SAMPLERS = ("random", "class-balanced")
 
 
@@ -227,6 +231,9 @@ class Method:
     #: further readouts of the same trained model, each its own leaderboard row (``also_binary`` adds
     #: ``SIGN_READOUT``); the primary readout (the method's own code_type/distance) is implicit
     readouts: tuple = ()
+    #: what a ReduceLROnPlateau scheduler is stepped with: "val_map" (validation mAP@100, mode max) or
+    #: "train_loss" (the epoch's mean training loss, mode min); ``TrainConfig.plateau_on`` overrides it
+    plateau_on: str = "val_map"
 
     def __post_init__(self):
         if not self.id or not all(c.isalnum() or c in "-_" for c in self.id):
@@ -241,6 +248,8 @@ class Method:
             raise ValueError(f"method {self.id!r}: binary codes are compared by hamming distance")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"method {self.id!r}: sampler must be one of {SAMPLERS}")
+        if self.plateau_on not in PLATEAU_ON:
+            raise ValueError(f"method {self.id!r}: plateau_on must be one of {PLATEAU_ON}, got {self.plateau_on!r}")
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ValueError(f"method {self.id!r}: duplicate parameter names in {names}")
@@ -307,6 +316,7 @@ class Method:
             "two_stage": self.finalize is not None, "also_binary": self.also_binary,
             "readouts": [{**r.describe(), "entry": self.entry(r)} for r in self.all_readouts()],
             "cuda_graph": self.graph_safe(self.defaults()),
+            "plateau_on": self.plateau_on,
         }
 
 

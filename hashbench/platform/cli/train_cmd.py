@@ -45,6 +45,12 @@ def add_parser(sub) -> None:
     p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="run every training step eagerly (default: one CUDA graph per step on a single GPU "
                         "for methods that allow it)")
+    p.add_argument("--plateau-on", choices=("val_map", "train_loss"),
+                   help="what a plateau lr scheduler is stepped with: the validation mAP@100 or the epoch's "
+                        "mean training loss (default: the method's; DRH family: train_loss)")
+    p.add_argument("--precise-bn", action="store_true",
+                   help="re-estimate every batch norm's running statistics with each epoch's final weights "
+                        "over the train split before encoding (docs/training.md)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch CPU threads (default 1); recorded in the run's configuration, since CPU "
                         "results depend on it")
@@ -99,7 +105,7 @@ def run(args) -> int:
         out_dir=args.out, run_name=args.run_name, augment=parse_pairs(args.augment, "--augment"),
         patience=args.patience, max_failures=args.max_failures, storage_path=args.storage_path,
         device=args.device, compile=args.compile, cuda_graph=args.cuda_graph, torch_threads=args.torch_threads,
-        **parse_eval_ks(args.eval_ks))
+        plateau_on=args.plateau_on, precise_bn=args.precise_bn, **parse_eval_ks(args.eval_ks))
     leaderboard = None if args.no_leaderboard else check_writable(args.leaderboard)
     started = now_iso()
     result, log = run_with_progress(cfg, run_local if args.local else run_training, verbose=args.verbose)

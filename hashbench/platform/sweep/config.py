@@ -26,7 +26,8 @@ METHOD_KEYS = ("datasets", "bits", "params", "search", "trials", "epochs", "batc
 ASHA_KEYS = ("grace_period", "reduction_factor")
 RESOURCE_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "max_concurrent")
 TRAIN_KEYS = ("batch_size", "augment", "patience", "eval_ks", "max_failures", "device", "eval_batch_size",
-              "max_train_items", "cuda_graph", "restore_best", "evaluation", "torch_threads")
+              "max_train_items", "cuda_graph", "restore_best", "evaluation", "torch_threads", "plateau_on",
+              "precise_bn")
 SEARCH_KEYS = ("low", "high", "log", "choices")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

@@ -150,6 +150,12 @@ class TrainConfig:
     ``torch_threads``: torch's intra-op CPU threads while the run trains and evaluates (default 1,
     what a Ray worker with one CPU gets). Part of the recorded configuration because CPU results
     depend on it: the same config and seed give the same metrics in every entry point.
+    ``plateau_on``: what a ``ReduceLROnPlateau`` scheduler is stepped with each epoch, ``val_map``
+    (validation mAP@100) or ``train_loss`` (the epoch's mean training loss); None: the method's
+    default (``Method.plateau_on``), resolved on construction (``training/plateau.py``).
+    ``precise_bn``: after each epoch's training steps, before its validation encoding, re-estimate
+    every BatchNorm's running statistics with the current weights over the train split
+    (``training/precise_bn.py``); so the selected weights and the test codes carry them too.
     """
 
     method: str
@@ -177,6 +183,8 @@ class TrainConfig:
     restore_best: bool = True
     evaluation: dict = field(default_factory=dict)
     torch_threads: int = 1
+    plateau_on: Optional[str] = None
+    precise_bn: bool = False
     hp: dict = field(init=False, default_factory=dict)
     dataset_path: str = field(init=False, default="")
     dataset_fingerprint: str = field(init=False, default="")
@@ -214,6 +222,8 @@ class TrainConfig:
         if not isinstance(self.restore_best, bool):
             raise HashbenchError(f"restore_best {self.restore_best!r}: expected true or false")
         self.evaluation = resolve_evaluation(self.evaluation)
+        self.plateau_on = _plateau_on(self.plateau_on, m)
+        self.precise_bn = _parse_bool(self.precise_bn, "precise_bn")
         self.eval_ks = _eval_ks(self.eval_ks)
         if self.batch_size < self.workers:
             raise HashbenchError(
@@ -295,6 +305,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = {k: v for k, v in d.items() if k not in _DERIVED}
+        d.setdefault("plateau_on", "val_map")  # recorded before the field existed: every plateau used the val mAP
         d["eval_ks"] = tuple(d.get("eval_ks", cls.eval_ks))
         return cls(**d)
 
@@ -315,6 +326,21 @@ def check_bits(value, name: str = "bits") -> int:
         raise HashbenchError(f"{name} {bits} is too large: code lengths (embedding dimensions) go from 1 to "
                              f"{MAX_BITS}; the papers use 8 to 256 bits and 2 to 1024 embedding dimensions")
     return bits
+
+
+def _plateau_on(value, method) -> str:
+    """``value`` (or the method's default when None) as one of ``PLATEAU_ON``, else HashbenchError."""
+    from hashbench.platform.training.plateau import PLATEAU_ON
+
+    if value is None:
+        return method.plateau_on
+    if value not in PLATEAU_ON:
+        raise HashbenchError(f"plateau_on {value!r}: expected one of {', '.join(PLATEAU_ON)} "
+                             f"(or none: the method's default, {method.plateau_on!r})")
+    if value == "train_loss" and method.build_scheduler is None:
+        raise HashbenchError(f"plateau_on 'train_loss': method {method.id!r} has no learning-rate scheduler "
+                             f"to step; leave plateau_on unset")
+    return value
 
 
 def _positive_int(value, name: str) -> int:

@@ -2,8 +2,10 @@
 
 Per epoch: a seeded plan of index batches (each worker takes its column), on-device
 augmentation, forward under bf16 autocast on GPUs, the method's loss, one optimizer step;
-then (rank 0) the validation mAP@100 of val queries against the train database, broadcast to
-every rank; the scheduler step; early stopping; a checkpoint through ``session.report``.
+then (rank 0, ``precise_bn``) the batch-norm statistics re-estimated over the train split, and the
+validation mAP@100 of val queries against the train database, broadcast to every rank; the scheduler
+step (a plateau scheduler with the val mAP or the epoch's mean training loss, ``plateau_on``); early
+stopping; a checkpoint through ``session.report``.
 At the end: the best-validation weights, ``method.finalize``, encoding of the train (database)
 and test (query) splits, evaluation, and the run directory.
 """
@@ -28,6 +30,8 @@ from hashbench.platform.registry import ModelContext
 from hashbench.platform.training.batches import SplitData, class_balanced_plan, random_plan
 from hashbench.platform.training.config import TrainConfig
 from hashbench.platform.training.graphed import GraphedStep
+from hashbench.platform.training.plateau import orient_plateau, step_scheduler
+from hashbench.platform.training.precise_bn import even_batches, recompute_bn_stats
 from hashbench.platform.training.session import Session
 
 STATE_FILE = "state.pt"
@@ -324,7 +328,7 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     loss_fn = method.build_loss(ctx, hp).to(device)
     optimizer = method.build_optimizer(model.parameters(), hp)
     scheduler = method.build_scheduler(optimizer, hp) if method.build_scheduler else None
-    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    orient_plateau(scheduler, cfg.plateau_on)  # max for the val mAP, min for the training loss
     _sync(device)
     ph["build_s"] = time.perf_counter() - t_ph
 
@@ -426,6 +430,12 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         t1 = time.perf_counter()
         model.eval()  # on every rank: models may count epochs by their train()/eval() switches
         val_map = torch.zeros((), dtype=torch.float64, device=device)
+        if cfg.precise_bn and rank == 0:  # the bare model, whole train split: no collective (docs/training.md)
+            t_bn = time.perf_counter()
+            recompute_bn_stats(model, (train.batch(rows) for rows in even_batches(
+                len(train), cfg.batch_size // world, device)), autocast=use_amp)
+            _sync(device)
+            st["times"]["precise_bn_s"] = st["times"].get("precise_bn_s", 0.0) + time.perf_counter() - t_bn
         if rank == 0:
             val_z = encode_split(model, val, cfg.eval_batch_size, "float", use_amp, on_device=True)
             db_z = encode_split(model, train, cfg.eval_batch_size, "float", use_amp, on_device=True)
@@ -438,8 +448,7 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         vmap = float(val_map)
         st["times"]["val_s"] += time.perf_counter() - t1
 
-        if scheduler is not None:
-            scheduler.step(vmap) if plateau else scheduler.step()
+        step_scheduler(scheduler, cfg.plateau_on, vmap, loss_terms["loss"])
         if vmap > st["best"]:
             best_z = last_z
             st["best"], st["best_epoch"], st["bad_epochs"] = vmap, epoch, 0
@@ -523,7 +532,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
         protocol["protocol"] = cfg.protocol
         timings = {"train_s": st["times"]["train_s"], "val_s": st["times"]["val_s"], "encode_s": encode_s,
                    "eval_s": eval_s, "total_s": 0.0, **ph, "checkpoint_s": st["times"]["checkpoint_s"],
-                   "graph_capture_s": stepper.capture_s if stepper is not None else 0.0}
+                   "graph_capture_s": stepper.capture_s if stepper is not None else 0.0,
+                   "precise_bn_s": st["times"].get("precise_bn_s", 0.0)}
         n_enc = len(train) + len(test)
         throughput = {"train_images_per_s": st["images"] / max(st["times"]["train_s"], 1e-9),
                       "encode_images_per_s": n_enc / max(encode_s, 1e-9),
