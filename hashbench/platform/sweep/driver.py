@@ -584,9 +584,8 @@ def _run_experiment(name: str, root: str, *, cfg: SweepConfig, studies: dict, de
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         searcher = scheduler = None
-        if together:
+        if together:  # the studies' spaces are their searchers' own (the caller passes no param_space)
             searcher, scheduler = study_search(cfg, together)
-            param_space = {}
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,

@@ -330,7 +330,7 @@ def check_bits(value, name: str = "bits") -> int:
 
 def _plateau_on(value, method) -> str:
     """``value`` (or the method's default when None) as one of ``PLATEAU_ON``, else HashbenchError."""
-    from hashbench.platform.training.plateau import PLATEAU_ON
+    from hashbench.platform.registry import PLATEAU_ON
 
     if value is None:
         return method.plateau_on
