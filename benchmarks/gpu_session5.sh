@@ -12,6 +12,9 @@
 #       issue 19: constellation vs triplet images/s on chula32, before (.gpudata/oldc: the tree before
 #       commit 5259925) and now; then side by side the DRH before/after table on chula32 and issue 12's
 #       chula32 baselines
+#   carry [".gpu"]                                     bash benchmarks/gpu_session5.sh P
+#       (session 6, instead of A) unpack as A does; issue 13's packing (configs/gpu_packing.yaml at 1 and
+#       0.125 GPU per trial, one Tune experiment for all studies) and warm trial processes on or off
 #   (no carry)                                         bash benchmarks/gpu_session5.sh D
 #       only if B's time ran out: resume both paper sweeps; the paper tables
 # Device calls that must not see uncommitted edits in the checkout run a snapshot of HEAD:
@@ -63,13 +66,18 @@ tables() {
       --metrics test_mAP@5 test_mAP@10 test_mAP@20 test_mAP@50 test_mAP@100
 }
 CALL=${1:?A, B, C or D}
-case $CALL in A|B|C|D) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;; esac
+case $CALL in A|B|C|D|P) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;; esac
 case $CALL in
-  A)
+  A|P)
     mkdir -p .site/bin && tar -xJf .gpu/bundle.tar.xz -C .site \
       && printf '#!/bin/sh\nexec python -m hashbench "$@"\n' > .site/bin/hashbench && chmod +x .site/bin/hashbench \
       && python -c "import ray, polars, optuna, torch, triton; print('site ok', ray.__version__, torch.__version__, triton.__version__)"
-    stage drh_after "${DRH_S:-300}" bash "$0" drh-after "$(( ${DRH_S:-300} - 10 ))" busi pneumoniamnist
+    if [ "$CALL" = A ]; then
+      stage drh_after "${DRH_S:-300}" bash "$0" drh-after "$(( ${DRH_S:-300} - 10 ))" busi pneumoniamnist
+    else
+      stage packing "$(( $(left) - 150 ))" bash benchmarks/gpu_acceptance.sh packing
+      stage warm "$(( $(left) - 10 ))" bash "$0" warm
+    fi
     ;;
   B)
     python -c "import ray, polars" || { echo ".site is gone (machine was not warm): run call A again"; exit 3; }
@@ -102,6 +110,12 @@ case $CALL in
     echo "--- constellation (before: 5259925^)"
     ( cd .gpudata/oldc && PYTHONPATH=$PWD:$PYTHONPATH timeout 50 python benchmarks/bench_train_loop.py --device cuda \
         --dataset chula32 --method constellation --epochs 2 --no-eager 2>&1 | tail -n 8 )
+    ;;
+  warm)   # issue 13: does importing torch in new trial processes ahead of time (warm.py) pay on a GPU?
+    for pre in "" --preload "" --preload; do
+      echo "--- dch, 4 trials x 5 epochs ${pre:-(no preload)}"
+      timeout 70 python benchmarks/bench_trial.py --device cuda --trials 4 --epochs 5 $pre 2>&1 | tail -n 12
+    done
     ;;
   drh-after) shift; drh_after "$@" ;;
   papers-run) shift; papers_run "$@" ;;
