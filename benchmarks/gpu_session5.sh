@@ -112,9 +112,9 @@ case $CALL in
         --dataset chula32 --method constellation --epochs 2 --no-eager 2>&1 | tail -n 8 )
     ;;
   warm)   # issue 13: does importing torch in new trial processes ahead of time (warm.py) pay on a GPU?
-    for pre in "" --preload "" --preload; do
+    for pre in "" --preload; do
       echo "--- dch, 4 trials x 5 epochs ${pre:-(no preload)}"
-      timeout 70 python benchmarks/bench_trial.py --device cuda --trials 4 --epochs 5 $pre 2>&1 | tail -n 12
+      timeout 65 python benchmarks/bench_trial.py --device cuda --trials 4 --epochs 5 $pre 2>&1 | tail -n 12
     done
     ;;
   drh-after) shift; drh_after "$@" ;;
