@@ -22,7 +22,6 @@ trial at a time by default, so each trial's wall time is its own) and prints, pe
 
     python benchmarks/bench_trial.py [--device cpu|cuda] [--method dch] [--trials 6] [--epochs 1]
                                      [--dataset pneumoniamnist] [--subset quick|full] [--concurrent 1]
-                                     [--preload]
 """
 
 from __future__ import annotations
@@ -122,15 +121,11 @@ def main(argv=None) -> int:
     p.add_argument("--gpus-per-trial", type=float, default=1.0)
     p.add_argument("--checkpoint-interval", type=float, default=None,
                    help="the sweep's checkpoint_interval_s (default: the sweep default)")
-    p.add_argument("--preload", action="store_true",
-                   help="HASHBENCH_WARM_WORKERS=1: each new trial process imports torch and torch._dynamo in a "
-                        "background thread from its start (hashbench.platform.sweep.warm)")
     p.add_argument("--out", default=None, help="working directory (default: a temporary one, removed)")
     p.add_argument("--json-out", default=None)
     args = p.parse_args(argv)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ["HASHBENCH_WARM_WORKERS"] = "1" if args.preload else "0"
     import ray
 
     from hashbench.platform.sweep import parse_text
@@ -164,11 +159,7 @@ def main(argv=None) -> int:
         text += f"checkpoint_interval_s: {args.checkpoint_interval}\n"
     cfg = parse_text(text, "bench_trial")
     t0 = time.perf_counter()
-    try:
-        from hashbench.platform.sweep.warm import init_ray
-    except ImportError:  # an older hashbench (a baseline measurement)
-        init_ray = ray.init
-    init_ray(address="local", num_cpus=os.cpu_count(), num_gpus=None if args.device == "cuda" else 0,
+    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=None if args.device == "cuda" else 0,
              log_to_driver=False, configure_logging=False)
     ray_s = time.perf_counter() - t0
     clock = _clock_callback()

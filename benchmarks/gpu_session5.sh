@@ -14,7 +14,7 @@
 #       chula32 baselines
 #   carry [".gpu"]                                     bash benchmarks/gpu_session5.sh P
 #       (session 6, instead of A) unpack as A does; issue 13's packing (configs/gpu_packing.yaml at 1 and
-#       0.125 GPU per trial, one Tune experiment for all studies) and warm trial processes on or off
+#       0.125 GPU per trial, one Tune experiment for all studies)
 #   (no carry)                                         bash benchmarks/gpu_session5.sh D
 #       only if B's time ran out: resume both paper sweeps; the paper tables
 # Device calls that must not see uncommitted edits in the checkout run a snapshot of HEAD:
@@ -75,8 +75,7 @@ case $CALL in
     if [ "$CALL" = A ]; then
       stage drh_after "${DRH_S:-300}" bash "$0" drh-after "$(( ${DRH_S:-300} - 10 ))" busi pneumoniamnist
     else
-      stage packing "$(( $(left) - 150 ))" bash benchmarks/gpu_acceptance.sh packing
-      stage warm "$(( $(left) - 10 ))" bash "$0" warm
+      stage packing "$(( $(left) - 10 ))" bash benchmarks/gpu_acceptance.sh packing
     fi
     ;;
   B)
@@ -110,12 +109,6 @@ case $CALL in
     echo "--- constellation (before: 5259925^)"
     ( cd .gpudata/oldc && PYTHONPATH=$PWD:$PYTHONPATH timeout 50 python benchmarks/bench_train_loop.py --device cuda \
         --dataset chula32 --method constellation --epochs 2 --no-eager 2>&1 | tail -n 8 )
-    ;;
-  warm)   # issue 13: does importing torch in new trial processes ahead of time (warm.py) pay on a GPU?
-    for pre in "" --preload; do
-      echo "--- dch, 4 trials x 5 epochs ${pre:-(no preload)}"
-      timeout 65 python benchmarks/bench_trial.py --device cuda --trials 4 --epochs 5 $pre 2>&1 | tail -n 12
-    done
     ;;
   drh-after) shift; drh_after "$@" ;;
   papers-run) shift; papers_run "$@" ;;

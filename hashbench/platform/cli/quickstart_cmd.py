@@ -144,10 +144,7 @@ def _start_ray(device: str) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs = {"num_gpus": 0} if device == "cpu" else {}
     # a local Ray of its own, never a cluster named by $RAY_ADDRESS
-    from hashbench.platform.sweep.warm import init_ray
-
-    # with HASHBENCH_WARM_WORKERS=1 each new worker process starts importing torch (hashbench.platform.sweep.warm)
-    init_ray(address="local", num_cpus=os.cpu_count(), log_to_driver=False, configure_logging=False, **kwargs)
+    ray.init(address="local", num_cpus=os.cpu_count(), log_to_driver=False, configure_logging=False, **kwargs)
 
 
 def _emit(line: str) -> None:

@@ -32,7 +32,6 @@ from hashbench.platform.errors import HashbenchError
 from hashbench.platform.leaderboard import (append_row, check_writable, now_iso, read_leaderboard,
                                             row_path, rows_from_result)
 from hashbench.platform.sweep.config import Study, SweepConfig, train_config
-from hashbench.platform.sweep.warm import init_ray
 
 METRIC = "val_mAP@100"
 STUDY_KEY = "__study"
@@ -714,8 +713,8 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
         check_storage(root)
         check_writable(cfg.leaderboard)
         check_writable(cfg.out_dir, what="run directory")
-        if not ray.is_initialized():  # HASHBENCH_WARM_WORKERS=1: workers start importing torch (warm.py)
-            init_ray(address=address, log_to_driver=False, configure_logging=False)
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
         plan = plan_resources(cfg, cluster_nodes())
     except HashbenchError:
         for path in made:  # leave nothing behind: remove the (still empty) directories the checks made
