@@ -291,6 +291,18 @@ def test_set_overrides_epochs_of_every_study(store):
     assert [(s.method, s.dataset, s.bits) for s in moved.studies] == [("dch", store, 8), ("dch", store, 16)]
 
 
+def test_cli_set_datasets_needs_only_the_new_store(store, data_home, capsys):
+    """`hashbench sweep configs/papers/dch.yaml --set datasets=D` runs on D although the config's own
+    store (bccd128) is not prepared; without the override the missing store is refused."""
+    paper = str(ROOT / "configs" / "papers" / "dch.yaml")
+    assert main(["sweep", paper, "--check", "--set", f"datasets={store}", "--set", "bits=8,16"]) == 0
+    assert "2 studies, 2 trials" in capsys.readouterr().out
+    assert main(["sweep", paper, "--check"]) == 2
+    assert "dataset 'bccd128' not found" in capsys.readouterr().err
+    assert main(["sweep", paper, "--check", "--set", "datasets=no-such-data"]) == 2
+    assert "dataset 'no-such-data' not found" in capsys.readouterr().err
+
+
 @pytest.mark.timeout(300)
 def test_paper_protocol_run_records_protocol_radii_and_rank_curve(store, tmp_path):
     """The DCH paper config on a tiny store: protocol recorded, P@H<=r for r = 0..4 by brute force,

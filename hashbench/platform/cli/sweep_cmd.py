@@ -31,7 +31,11 @@ def run(args) -> int:
 
     if args.seeds is not None and args.seeds < 0:
         raise HashbenchError(f"--seeds must be >= 0, got {args.seeds}")
-    cfg = load_config(args.config)
+    from hashbench.platform.cli.train_cmd import parse_pairs
+
+    # --set datasets=D replaces every study's dataset and checks the new ones, so the config's own
+    # stores need not exist (a paper config checked on a small sample of its data)
+    cfg = load_config(args.config, check_data="datasets" not in parse_pairs(args.overrides, "--set"))
     cfg = _overrides(cfg, args)
     print(f"sweep {cfg.name!r}: {len(cfg.studies)} studies, {cfg.total_trials} trials "
           f"({', '.join(s.key for s in cfg.studies[:6])}{', ...' if len(cfg.studies) > 6 else ''})", flush=True)
