@@ -225,6 +225,11 @@ def test_size_above_the_maximum(tmp_path, data_home, capsys):
     npz = medmnist_npz(tmp_path / "m.npz")
     run_bad(capsys, data_home, ["--format", "medmnist", "--source", str(npz), "--size", "1025"],
             "--size 1025 is too large: at most 1024 pixels")
+    # points without --size take the patch side as the output side: the message says where it came from
+    run_bad(capsys, data_home, ["--format", "points", "--source", str(src), "--patch", "2000"],
+            "--size (defaulting to --patch) 2000 is too large: at most 1024 pixels")
+    run_bad(capsys, data_home, ["--format", "points", "--source", str(src), "--patch", "5000", "--size", "8"],
+            "--patch 5000 is too large: at most 4096 pixels")
 
 
 def test_medmnist_object_arrays_are_refused_not_unpickled(tmp_path, data_home, capsys):

@@ -95,10 +95,14 @@ def prepare(name: str, source: str | Path, format: str | None = None, *,
     for opt in ("size", "channels", "patch", "classes"):
         if getattr(opts, opt) is None and opt in rec:
             setattr(opts, opt, rec[opt])
+    size_flag = "--size"
     if opts.size is None and format != "medmnist":
-        opts.size = opts.patch if format == "points" and opts.patch else DEFAULT_SIZE
+        if format == "points" and opts.patch:
+            opts.size, size_flag = opts.patch, "--size (defaulting to --patch)"
+        else:
+            opts.size = DEFAULT_SIZE
     if opts.size is not None:
-        check_size(opts.size)
+        check_size(opts.size, size_flag)
     if format == "points":
         opts.patch = check_size(opts.patch if opts.patch is not None else opts.size, "--patch")
     if opts.channels not in (None, 1, 3):
