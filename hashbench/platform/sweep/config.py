@@ -26,7 +26,7 @@ METHOD_KEYS = ("datasets", "bits", "params", "search", "trials", "epochs", "batc
 ASHA_KEYS = ("grace_period", "reduction_factor")
 RESOURCE_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "max_concurrent")
 TRAIN_KEYS = ("batch_size", "augment", "patience", "eval_ks", "max_failures", "device", "eval_batch_size",
-              "max_train_items", "cuda_graph", "restore_best", "evaluation", "torch_threads", "plateau_on",
+              "cuda_graph", "restore_best", "evaluation", "torch_threads", "plateau_on",
               "precise_bn")
 SEARCH_KEYS = ("low", "high", "log", "choices")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -296,9 +296,6 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
     train = dict(_check_keys(raw.get("train"), TRAIN_KEYS, where, "train"))
     if "max_failures" in train:
         train["max_failures"] = _int(train["max_failures"], where("train", "max_failures"), -1)
-    if "max_train_items" in train:
-        _check_train_field("max_train_items", where("train", "max_train_items"))
-        train["max_train_items"] = _int(train["max_train_items"], where("train", "max_train_items"), 1)
 
     if "protocol" in raw:  # common, or paper:<method>: recorded on every row of this sweep
         from hashbench.platform.training.config import check_protocol
@@ -359,15 +356,6 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
         for study in studies:
             train_config(cfg, study, {}, check=True)  # dataset names, method/data fit, batch sizes
     return cfg
-
-
-def _check_train_field(name: str, where: str) -> None:
-    from dataclasses import fields
-
-    from hashbench.platform.training.config import TrainConfig
-
-    if name not in {f.name for f in fields(TrainConfig)}:
-        raise HashbenchError(f"{where}: this hashbench's training loop has no {name!r} option")
 
 
 def load_config(path: str | os.PathLike, *, check_data: bool = True) -> SweepConfig:
