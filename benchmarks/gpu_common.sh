@@ -3,6 +3,12 @@
 # re-packed into $OUT after each one, so a call cut short still returns what finished.
 OUT=${OUT:-out}; mkdir -p "$OUT"; RES=/tmp/res; mkdir -p "$RES"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/.site:$PWD HASHBENCH_DATA=/tmp/hbdata
+# pytorch-metric-learning where the bundle is not unpacked (call C), from benchmarks/gpu_prepare.sh; its
+# tqdm only where the machine has none, so as not to hide the machine's own
+if [ -d .gpudata/pml ]; then
+  PYTHONPATH=$PYTHONPATH:$PWD/.gpudata/pml
+  python -c 'import tqdm' 2>/dev/null || PYTHONPATH=$PYTHONPATH:$PWD/.gpudata/pml/tqdm-fallback
+fi
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 save() { tar -czf "$OUT/results_$1.tgz" -C "$RES" . 2>/dev/null; }   # save CALL: $RES -> $OUT/results_CALL.tgz
 stage() {  # stage NAME LIMIT_S COMMAND... (uses $CALL and $STAGE_TAIL, default 60 log lines)

@@ -8,10 +8,10 @@
 #   carry [".gpudata/src", ".gpudata/busi256.tar.xz"]  bash benchmarks/gpu_session5.sh B
 #       issue 11: the Y-Net (busi256, 3x256x256, 500 epochs, 64 bits) and DCH (bccd128, 200 epochs, 32 bits)
 #       paper protocols side by side, each sweep on its own local Ray
-#   carry [".gpudata/chula32.tar.xz", ".gpudata/oldc"] bash benchmarks/gpu_session5.sh C
+#   carry [".gpudata/chula32.tar.xz", ".gpudata/oldc", ".gpudata/pml"]  bash benchmarks/gpu_session5.sh C
 #       issue 19: constellation vs triplet images/s on chula32, before (.gpudata/oldc: the tree before
 #       commit 5259925) and now; then side by side the DRH before/after table on chula32 and issue 12's
-#       chula32 baselines
+#       chula32 baselines (triplet needs .gpudata/pml: pytorch-metric-learning, which only the bundle has)
 #   carry [".gpu"]                                     bash benchmarks/gpu_session5.sh P
 #       (session 6, instead of A) unpack as A does; issue 13's packing (configs/gpu_packing.yaml at 1 and
 #       0.125 GPU per trial, one Tune experiment for all studies)
@@ -21,15 +21,8 @@
 #   git archive HEAD hashbench benchmarks configs pyproject.toml ':(exclude)hashbench/data/builtin' \
 #       ':(exclude)benchmarks/results' | gzip -9 > .gpudata/head.tgz      (carry it too; unpack to /tmp/head,
 #   copy hashbench/data/builtin there, link .site .gpu .gpudata into it and run this script from there)
-# Here, before the calls:
-#   ../shared/tools/gpu-bundle, then re-pack it without ray/dashboard/client/build/* (keep the empty
-#     directory: the dashboard checks that it exists) and tzdata, so that it and the tree fit 64 MiB;
-#   mkdir -p .gpudata/src && cp -r $DATASETS/bccd .gpudata/src/
-#   HASHBENCH_DATA=/tmp/prep hashbench data prepare busi256 --recipe busi --source $DATASETS/busi --size 256 --channels 3
-#   HASHBENCH_DATA=/tmp/prep hashbench data prepare chula32 --recipe chula_rbc12 --source $DATASETS/chula_rbc12 \
-#       --patch 64 --size 32 --channels 3
-#   (cd /tmp/prep && tar -cJf $OLDPWD/.gpudata/busi256.tar.xz busi256 && tar -cJf $OLDPWD/.gpudata/chula32.tar.xz chula32)
-#   git archive 5259925^ hashbench benchmarks ':(exclude)hashbench/data/builtin' | tar -x -C .gpudata/oldc
+# Here, before the calls: bash benchmarks/gpu_prepare.sh (makes each missing .gpu/.gpudata input above and
+#   checks every call's transfer against 64 MiB).
 # Every stage has a time limit; results are re-packed into $OUT after each stage (gpu_common.sh).
 set -uo pipefail
 . benchmarks/gpu_common.sh
