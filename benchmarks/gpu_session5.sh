@@ -15,6 +15,11 @@
 #   carry [".gpu"]                                     bash benchmarks/gpu_session5.sh P
 #       (session 6, instead of A) unpack as A does; issue 13's packing (configs/gpu_packing.yaml at 1 and
 #       0.125 GPU per trial, one Tune experiment for all studies)
+#   carry [".gpu"]                               MPS=1 bash benchmarks/gpu_session5.sh P
+#       (session 7) the same, then the packed run under NVIDIA MPS (benchmarks/gpu_packing_mps.sh)
+#   carry [".gpudata/chula32.tar.xz", ".gpudata/pml"]   bash benchmarks/gpu_session5.sh E
+#       (session 7, no bundle needed) triplet beside constellation images/s on chula32 (issue 19), the fused
+#       evaluation kernels (issue 14, gpu_fused.sh), then the chula32 baselines at 64 bits (issue 12)
 #   (no carry)                                         bash benchmarks/gpu_session5.sh D
 #       only if B's time ran out: resume both paper sweeps; the paper tables
 # Device calls that must not see uncommitted edits in the checkout run a snapshot of HEAD:
@@ -59,7 +64,7 @@ tables() {
       --metrics test_mAP@5 test_mAP@10 test_mAP@20 test_mAP@50 test_mAP@100
 }
 CALL=${1:?A, B, C or D}
-case $CALL in A|B|C|D|P) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;; esac
+case $CALL in A|B|C|D|E|P) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;; esac
 case $CALL in
   A|P)
     mkdir -p .site/bin && tar -xJf .gpu/bundle.tar.xz -C .site \
@@ -68,7 +73,12 @@ case $CALL in
     if [ "$CALL" = A ]; then
       stage drh_after "${DRH_S:-300}" bash "$0" drh-after "$(( ${DRH_S:-300} - 10 ))" busi pneumoniamnist
     else
-      stage packing "$(( $(left) - 10 ))" bash benchmarks/gpu_acceptance.sh packing
+      if [ "${MPS:-0}" = 1 ]; then   # then the packed run again under NVIDIA MPS (gpu_packing_mps.sh)
+        stage packing "$(( $(left) - 150 ))" bash benchmarks/gpu_acceptance.sh packing
+        SHARES=0.125 stage mps "$(( $(left) - 10 ))" bash benchmarks/gpu_packing_mps.sh
+      else
+        stage packing "$(( $(left) - 10 ))" bash benchmarks/gpu_acceptance.sh packing
+      fi
     fi
     ;;
   B)
@@ -88,6 +98,14 @@ case $CALL in
     stage drh_chula "$(( $(left) - 10 ))" bash "$0" drh-after "$(( $(left) - 20 ))" chula32
     wait $bl; tail -n 40 "$RES/baselines_log.txt"; save C
     ;;
+  E)  # session 7 plan, no Ray needed: triplet beside constellation (images/s, chula32; triplet needs
+      # .gpudata/pml), the fused evaluation kernels (issue 14), then the 64-bit chula32 baselines
+    mkdir -p "$HASHBENCH_DATA" && tar -xJf .gpudata/chula32.tar.xz -C "$HASHBENCH_DATA"
+    stage imgs 200 bash "$0" imgs-now
+    stage fused 240 bash benchmarks/gpu_fused.sh
+    ( OUT="$RES/baselines64" CHULA=chula32 BITS=64 LIMIT_S="$(( $(left) - 20 ))" bash benchmarks/baselines_gpu.sh chula \
+        > "$RES/baselines64_log.txt" 2>&1 ); tail -n 30 "$RES/baselines64_log.txt"; save E
+    ;;
   D)   # only if B's time ran out: continue both paper sweeps
     python -c "import ray, polars" || { echo ".site is gone (machine was not warm)"; exit 3; }
     mkdir -p "$RES/papers"
@@ -102,6 +120,12 @@ case $CALL in
     echo "--- constellation (before: 5259925^)"
     ( cd .gpudata/oldc && PYTHONPATH=$PWD:$PYTHONPATH timeout 50 python benchmarks/bench_train_loop.py --device cuda \
         --dataset chula32 --method constellation --epochs 2 --no-eager 2>&1 | tail -n 8 )
+    ;;
+  imgs-now)   # triplet and constellation now, each with time for CUDA start-up and the loader baseline
+    for m in triplet constellation; do
+      echo "--- $m (now)"; timeout 90 python benchmarks/bench_train_loop.py --device cuda --dataset chula32 \
+          --method "$m" --epochs 2 --no-eager > "/tmp/imgs_$m.txt" 2>&1; echo "rc=$?"; tail -n 12 "/tmp/imgs_$m.txt"
+    done
     ;;
   drh-after) shift; drh_after "$@" ;;
   papers-run) shift; papers_run "$@" ;;
