@@ -19,7 +19,8 @@
 #       (session 7) the same, then the packed run under NVIDIA MPS (benchmarks/gpu_packing_mps.sh)
 #   carry [".gpudata/chula32.tar.xz", ".gpudata/pml"]   bash benchmarks/gpu_session5.sh E
 #       (session 7, no bundle needed) triplet beside constellation images/s on chula32 (issue 19), the fused
-#       evaluation kernels (issue 14, gpu_fused.sh), then the chula32 baselines at 64 bits (issue 12)
+#       evaluation kernels (issue 14: gpu_fused.sh, then fused_profile.py's kernel / sync tables and
+#       fused_tune.sh's tile settings), then the chula32 baselines at 64 bits (issue 12) in what is left
 #   (no carry)                                         bash benchmarks/gpu_session5.sh D
 #       only if B's time ran out: resume both paper sweeps; the paper tables
 # Device calls that must not see uncommitted edits in the checkout run a snapshot of HEAD:
@@ -63,6 +64,9 @@ tables() {
   hb leaderboard --leaderboard $LB --protocol paper:ynet --axis bits \
       --metrics test_mAP@5 test_mAP@10 test_mAP@20 test_mAP@50 test_mAP@100
 }
+cap() {  # cap LIMIT_S RESERVE_S: LIMIT_S, or less so that RESERVE_S seconds of the call are left after it (>= 30)
+  local l=$(( $(left) - $2 )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 30 ] && l=30; echo "$l"
+}
 CALL=${1:?A, B, C or D}
 case $CALL in A|B|C|D|E|P) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;; esac
 case $CALL in
@@ -101,10 +105,21 @@ case $CALL in
   E)  # session 7 plan, no Ray needed: triplet beside constellation (images/s, chula32; triplet needs
       # .gpudata/pml), the fused evaluation kernels (issue 14), then the 64-bit chula32 baselines
     mkdir -p "$HASHBENCH_DATA" && tar -xJf .gpudata/chula32.tar.xz -C "$HASHBENCH_DATA"
+    # time (BUDGET 560 s): imgs <= 200 (two runs of <= 90 s); fused <= 200 (gpu_fused.sh, HUGE kept, check 20 s),
+    # cut so that 200 s stay for fused_profile (<= 60 s) and fused_tune (<= 160 s, TOTAL_S = its limit - 10,
+    # at least 100 s); the baselines get what is left, if 80 s or more. Worst case 5 + 200 + 155 + 60 + 120.
     stage imgs 200 bash "$0" imgs-now
-    stage fused 240 bash benchmarks/gpu_fused.sh
-    ( OUT="$RES/baselines64" CHULA=chula32 BITS=64 LIMIT_S="$(( $(left) - 20 ))" bash benchmarks/baselines_gpu.sh chula \
-        > "$RES/baselines64_log.txt" 2>&1 ); tail -n 30 "$RES/baselines64_log.txt"; save E
+    stage fused "$(cap 200 200)" env CHECK_S=20 bash benchmarks/gpu_fused.sh
+    stage fused_profile "$(cap 60 120)" python benchmarks/fused_profile.py --device cuda --cache /tmp/fused_case.npz
+    lim=$(cap 160 20)
+    stage fused_tune "$lim" env TOTAL_S=$(( lim - 10 )) CACHE=/tmp/fused_case.npz bash benchmarks/fused_tune.sh
+    if [ "$(left)" -ge 80 ]; then
+      ( OUT="$RES/baselines64" CHULA=chula32 BITS=64 LIMIT_S="$(( $(left) - 20 ))" bash benchmarks/baselines_gpu.sh chula \
+          > "$RES/baselines64_log.txt" 2>&1 ); tail -n 30 "$RES/baselines64_log.txt"
+    else
+      echo "baselines64: not run, $(left) s left"
+    fi
+    save E
     ;;
   D)   # only if B's time ran out: continue both paper sweeps
     python -c "import ray, polars" || { echo ".site is gone (machine was not warm)"; exit 3; }
