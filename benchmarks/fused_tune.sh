@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fused Hamming kernels' tunables (issue 14) on one GPU: each setting in its own process (fused_triton
-# reads HASHBENCH_FUSED_BQ / _BN / _WARPS / _CHUNK / _SAMPLE at import), timed by
+# reads HASHBENCH_FUSED_BQ / _BN / _WARPS / _CHUNK / _SAMPLE / _ONEPASS at import), timed by
 # `benchmarks/fused_profile.py --time-only` on bench_eval.py's 10k x 1M, 64-bit case, mAP@1000, tie-aware
 # and index ties (median of REPEAT calls after 2 warm-up calls, which compile that setting's kernels).
 # One markdown row per setting; "same" compares both mAPs with the first row's (the defaults), 1e-9.
@@ -17,34 +17,35 @@ REF=$(mktemp -u /tmp/fused_tune_ref.XXXXXX)          # the first row's mAPs (JSO
 ERR=${OUT:-/tmp}; mkdir -p "$ERR"                    # each setting's stderr: $ERR/fused_tune_NAME.err
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 [ "$DEVICE" = cpu ] && export TRITON_INTERPRET=1
-# name: BQ BN WARPS CHUNK SAMPLE (defaults 32 256 8 65536 8192); one axis at a time, the likeliest first
+# name: BQ BN WARPS CHUNK SAMPLE ONEPASS (defaults 32 256 8 65536 8192 0); one axis at a time, the likeliest
+# first; ONEPASS=1: index ties' top-k lists at the sample's threshold, no counting pass (opt-in variant)
 SETTINGS="
-default      32  256  8  65536  8192
-warps4       32  256  4  65536  8192
-warps16      32  256 16  65536  8192
-bn128        32  128  8  65536  8192
-bq64         64  256  8  65536  8192
-chunk16k     32  256  8  16384  8192
-chunk256k    32  256  8 262144  8192
-sample2k     32  256  8  65536  2048
-sample32k    32  256  8  65536 32768
-bn512        32  512  8  65536  8192
-bq16         16  256  8  65536  8192
-bq64-bn128   64  128  8  65536  8192
+default       32  256  8  65536  8192  0
+onepass       32  256  8  65536  8192  1
+warps4        32  256  4  65536  8192  0
+warps16       32  256 16  65536  8192  0
+bn128         32  128  8  65536  8192  0
+bq64          64  256  8  65536  8192  0
+chunk16k      32  256  8  16384  8192  0
+chunk256k     32  256  8 262144  8192  0
+sample2k      32  256  8  65536  2048  0
+sample32k     32  256  8  65536 32768  0
+bn512         32  512  8  65536  8192  0
+bq16          16  256  8  65536  8192  0
 "
 GRID=${GRID:-$(echo "$SETTINGS" | awk 'NF {print $1}')}
 echo "fused kernel settings, $DEVICE, $(date -u +%H:%M:%S) UTC; TOTAL_S=$TOTAL_S COMBO_S=$COMBO_S REPEAT=$REPEAT ARGS=$ARGS"
-echo "| setting (BQ BN WARPS CHUNK SAMPLE) | tie-aware ms | index ms | pairs taken % (tie-aware full pass) | mAP tie-aware | mAP index | same mAP as default |"
+echo "| setting (BQ BN WARPS CHUNK SAMPLE ONEPASS) | tie-aware ms | index ms | pairs taken % (tie-aware full pass) | mAP tie-aware | mAP index | same mAP as default |"
 echo "|---|---|---|---|---|---|---|"
 start=$SECONDS
 for name in $GRID; do
-  read -r _ bq bn warps chunk sample <<< "$(echo "$SETTINGS" | awk -v n="$name" '$1 == n')"
+  read -r _ bq bn warps chunk sample onepass <<< "$(echo "$SETTINGS" | awk -v n="$name" '$1 == n')"
   if [ -z "${bq:-}" ]; then echo "| $name | unknown setting | | | | | |"; continue; fi
   left=$(( TOTAL_S - (SECONDS - start) ))
-  if [ "$left" -lt "$COMBO_S" ]; then echo "| $name $bq $bn $warps $chunk $sample | not run: ${left}s of TOTAL_S left | | | | | |"; continue; fi
-  label="$name $bq $bn $warps $chunk $sample"
+  if [ "$left" -lt "$COMBO_S" ]; then echo "| $name $bq $bn $warps $chunk $sample $onepass | not run: ${left}s of TOTAL_S left | | | | | |"; continue; fi
+  label="$name $bq $bn $warps $chunk $sample $onepass"
   row=$(HASHBENCH_FUSED_BQ=$bq HASHBENCH_FUSED_BN=$bn HASHBENCH_FUSED_WARPS=$warps HASHBENCH_FUSED_CHUNK=$chunk \
-        HASHBENCH_FUSED_SAMPLE=$sample timeout "$COMBO_S" python benchmarks/fused_profile.py --device "$DEVICE" \
+        HASHBENCH_FUSED_SAMPLE=$sample HASHBENCH_FUSED_ONEPASS=$onepass timeout "$COMBO_S" python benchmarks/fused_profile.py --device "$DEVICE" \
         --time-only --label "$label" --repeat "$REPEAT" --cache "$CACHE" --ref "$REF" $ARGS 2> "$ERR/fused_tune_$name.err")
   rc=$?
   if [ $rc -eq 0 ] && [ -n "$row" ]; then

@@ -140,6 +140,61 @@ def test_threshold_guess_too_low_is_recounted():
     np.testing.assert_array_equal(ids.cpu().numpy(), np.argsort(d, axis=1, kind="stable")[:, :200])
 
 
+@pytest.mark.parametrize("room,bits,key64", [(2.0, 64, False), (2.0, 100, True), (0.0, 64, False)])
+def test_onepass_ranking_equals_the_default_and_brute_force(room, bits, key64, monkeypatch):
+    """HASHBENCH_FUSED_ONEPASS (opt-in): lists at the sample's threshold. With room for them the rows
+    need no second ranking; with none (ROOM=0: k + 64 slots, fewer than the items at d <= T) every
+    overflowing row is ranked again the default way. Either way: the default path's ids and distances,
+    and the stable argsort of brute-force distances."""
+    if key64:
+        monkeypatch.setattr(FT, "KEY32_LIMIT", 0)
+    rng = np.random.default_rng(bits + int(room))
+    nq, n = 13, 700
+    q = codes(rng, nq, bits)
+    db = codes(rng, n, bits, dup_of=q[0])
+    d, _ = reference(q, db, np.zeros(nq, int), np.zeros(n, int))
+    order = np.argsort(d, axis=1, kind="stable")
+    fh = FT.FusedHamming(t(db), t(np.zeros(n, int)))
+    redone = []
+    default_ranking = FT.FusedHamming._ranking
+    monkeypatch.setattr(FT.FusedHamming, "_ranking", lambda self, qw, k: redone.append(qw.shape[1])
+                        or default_ranking(self, qw, k))
+    for k in (1, 7, 50):
+        monkeypatch.setattr(FT, "ONEPASS", False)
+        ref_ids, ref_dist = fh.ranking(t(q), k)
+        monkeypatch.setattr(FT, "ONEPASS", True)
+        monkeypatch.setattr(FT, "ROOM", room)
+        redone.clear()
+        ids, dist = fh.ranking(t(q), k)
+        np.testing.assert_array_equal(ids.cpu().numpy(), ref_ids.cpu().numpy())
+        np.testing.assert_array_equal(dist.cpu().numpy(), ref_dist.cpu().numpy())
+        np.testing.assert_array_equal(ids.cpu().numpy(), order[:, :k])
+        np.testing.assert_array_equal(dist.cpu().numpy(), np.take_along_axis(d, order[:, :k], 1))
+        assert redone == ([] if room else [nq]), (k, redone)
+
+
+def test_onepass_ranking_recounts_rows_below_k(monkeypatch):
+    """The sample's level holds fewer than k items (as in the test above it): ONEPASS ranks those
+    rows again, and only those."""
+    monkeypatch.setattr(FT, "ONEPASS", True)
+    rng = np.random.default_rng(6)
+    bits, n = 16, 640
+    q = np.zeros((3, bits), dtype=np.uint8)
+    q[2] = 1                                    # the third query: the sampled items are far from it
+    db = np.ones((n, bits), dtype=np.uint8)
+    db[:, :2] = rng.integers(0, 2, (n, 2))
+    db[np.linspace(0, n - 1, FT.SAMPLE).round().astype(int)] = 0
+    d, _ = reference(q, db, np.zeros(3, int), np.zeros(n, int))
+    fh = FT.FusedHamming(t(db), t(np.zeros(n, int)))
+    redone = []
+    default_ranking = FT.FusedHamming._ranking
+    monkeypatch.setattr(FT.FusedHamming, "_ranking", lambda self, qw, k: redone.append(qw.shape[1])
+                        or default_ranking(self, qw, k))
+    ids, _ = fh.ranking(t(q), 200)
+    np.testing.assert_array_equal(ids.cpu().numpy(), np.argsort(d, axis=1, kind="stable")[:, :200])
+    assert redone == [2]
+
+
 def test_word_packing_is_twos_complement():
     bits01 = torch.zeros(2, 40, dtype=torch.uint8)
     bits01[0, 31] = 1                      # the sign bit of word 0

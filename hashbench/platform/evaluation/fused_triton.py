@@ -21,7 +21,10 @@ database (``SAMPLE`` items, every pair counted) gives per query a level ``T`` wh
 well above ``k * SAMPLE / N``; the full pass counts only items at ``d <= T`` (a few times ``k`` per
 query). A query whose ``#(d <= T)`` turns out below ``k`` (unlikely; the sample is a guess) is
 counted again with ``T = bits``: the result is exact either way. ``k = N``, ``MAP@R`` and the PR curve
-count every pair.
+count every pair. The top-k pass needs the exact k-th distance ``t`` (from a thresholded counting pass)
+to size its rows; opt-in, ``HASHBENCH_FUSED_ONEPASS=1`` skips that pass: the lists are filled at the
+sample's ``T`` in rows of ``HASHBENCH_FUSED_ROOM`` (2) times the sample's estimate of ``#(d <= T)``, and
+the rows that overflow or hold fewer than ``k`` items are ranked again the default way.
 
 The popcount is the hardware instruction (``libdevice.popc``) on the GPU and a SWAR bit trick in
 Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors: what the tests run), which lacks it.
@@ -51,6 +54,10 @@ SAMPLE = int(_env("HASHBENCH_FUSED_SAMPLE", 8192))
 CHUNK = int(_env("HASHBENCH_FUSED_CHUNK", 1 << 16))
 #: warps per program
 WARPS = int(_env("HASHBENCH_FUSED_WARPS", 8))
+#: opt-in (HASHBENCH_FUSED_ONEPASS=1): top-k lists straight at the sample's threshold, without the exact
+#: counting pass; rows get ROOM times the sample's estimate of their length (HASHBENCH_FUSED_ROOM)
+ONEPASS = _env("HASHBENCH_FUSED_ONEPASS", "0") == "1"
+ROOM = float(_env("HASHBENCH_FUSED_ROOM", 2.0))
 #: largest number of keys sorted at once in the top-k pass (queries x row length)
 SORT_BUDGET = 1 << 27
 #: top-k keys ``distance * N + index`` are int32 below this (the int32 maximum pads the rows)
@@ -237,6 +244,11 @@ class FusedHamming:
         query and up to ``min_level`` (later levels may be 0): enough for every cut-off <= k."""
         return self._thresholded(_pack_words(q01), self._query_labels(ql), k, min_level)
 
+    def _sample_threshold(self, sn: torch.Tensor, k: int, min_level: int = 0) -> torch.Tensor:
+        """Per query the level whose count in the sample histogram ``sn`` is well above ``k``'s share."""
+        target = int(2 * k * SAMPLE / self.n) + 16                      # well above the expected count
+        return (sn.cumsum(1) < target).sum(1).clamp(min(min_level, self.bits), self.bits)
+
     def _thresholded(self, qw: torch.Tensor, qlw: torch.Tensor | None, k: int | None, min_level: int = 0):
         """Histograms of packed queries; ``qlw=None``: item counts only (relevant counts 0)."""
         nq, rel = qw.shape[1], qlw is not None
@@ -245,8 +257,7 @@ class FusedHamming:
         if k is None or k >= self.n or self.n <= SAMPLE or min_level >= self.bits:
             return self._launch_hist(qw, qlw, full, self.db_w, self.db_l, rel)
         sn, _ = self._launch_hist(qw, qlw, full, *self._sample_db(), rel=False)
-        target = int(2 * k * SAMPLE / self.n) + 16                      # well above the expected count
-        thr = (sn.cumsum(1) < target).sum(1).clamp(min(min_level, self.bits), self.bits)
+        thr = self._sample_threshold(sn, k, min_level)
         n, r = self._launch_hist(qw, qlw, thr, self.db_w, self.db_l, rel)
         short = n.sum(1) < k                                            # the guess was too low
         if bool(short.any()):
@@ -260,15 +271,47 @@ class FusedHamming:
         """The exact top-k in (distance, database index) order: ``(ids, dist)`` (q, k) int64."""
         k = min(int(k), self.n)
         qw = _pack_words(q01)
-        nq = qw.shape[1]
+        if ONEPASS and k < self.n and self.n > SAMPLE:
+            return self._ranking_onepass(qw, k)
+        return self._ranking(qw, k)
+
+    def _ranking(self, qw: torch.Tensor, k: int):
+        """Counting pass (thresholded histograms) for the k-th distance ``t``, then the lists at ``t``."""
         n, _ = self._thresholded(qw, None, k)
         cum = n.cumsum(1)
         t = (cum < k).sum(1).clamp_max(self.bits)                       # the k-th smallest distance
         rows_len = cum.gather(1, t[:, None])[:, 0]                      # #(d <= t) >= k
+        ids, dist, _ = self._lists(qw, t, rows_len, k)
+        return ids, dist
+
+    def _ranking_onepass(self, qw: torch.Tensor, k: int):
+        """The lists straight at the sample's threshold ``T`` (one full pass instead of two): a row of
+        ``ROOM`` times the sample's estimate of ``#(d <= T)``. Rows whose count overflows it, or falls
+        below ``k``, are ranked again by :meth:`_ranking` (exact either way)."""
+        nq = qw.shape[1]
+        zeros = torch.zeros(self.db_l.shape[0], nq, dtype=torch.int32, device=self.device)
+        full = torch.full((nq,), self.bits, device=self.device)
+        sn, _ = self._launch_hist(qw, zeros, full, *self._sample_db(), rel=False)
+        thr = self._sample_threshold(sn, k)
+        est = sn.cumsum(1).gather(1, thr[:, None])[:, 0].to(torch.float64) * (self.n / SAMPLE)
+        room = (est * ROOM).to(torch.int64).clamp(k + 64, self.n)
+        ids, dist, cnt = self._lists(qw, thr, room, k)
+        cnt = torch.cat(cnt)
+        redo = (cnt > room) | (cnt < k)
+        if bool(redo.any()):
+            rows = redo.nonzero()[:, 0]
+            ids[rows], dist[rows] = self._ranking(qw[:, rows].contiguous(), k)
+        return ids, dist
+
+    def _lists(self, qw: torch.Tensor, t: torch.Tensor, rows_len: torch.Tensor, k: int):
+        """Per query the keys ``d * N + index`` of the items at ``d <= t`` in a row of ``rows_len``
+        slots, sorted, the first ``k`` split into ``(ids, dist)``; ``cnt``: how many items each row
+        had (rows with ``cnt > rows_len`` are incomplete)."""
+        nq = qw.shape[1]
         chunk = _chunk(self.n)
         # keys d * N + index (and the padding) in int32 when they fit: half the bytes to fill and sort
         key_dtype = torch.int32 if (self.bits + 1) * self.n < KEY32_LIMIT else torch.int64
-        ids_out, dist_out = [], []
+        ids_out, dist_out, cnt_out = [], [], []
         step = max(1, min(nq, SORT_BUDGET // max(1, int(rows_len.max()))))
         for s in range(0, nq, step):
             e = min(nq, s + step)
@@ -283,4 +326,5 @@ class FusedHamming:
             key = torch.sort(out, 1).values[:, :k].to(torch.int64)
             ids_out.append(key % self.n)
             dist_out.append(key // self.n)
-        return torch.cat(ids_out), torch.cat(dist_out)
+            cnt_out.append(cnt)
+        return torch.cat(ids_out), torch.cat(dist_out), cnt_out
