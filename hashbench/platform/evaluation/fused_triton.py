@@ -244,10 +244,15 @@ class FusedHamming:
         query and up to ``min_level`` (later levels may be 0): enough for every cut-off <= k."""
         return self._thresholded(_pack_words(q01), self._query_labels(ql), k, min_level)
 
-    def _sample_threshold(self, sn: torch.Tensor, k: int, min_level: int = 0) -> torch.Tensor:
-        """Per query the level whose count in the sample histogram ``sn`` is well above ``k``'s share."""
+    def _sample_level(self, qw: torch.Tensor, k: int, min_level: int = 0):
+        """Item counts per level of the database sample ``sn`` (q, bits+1), and per query the level ``T``
+        whose count in it is well above ``k``'s share (at least ``min_level``)."""
+        nq = qw.shape[1]
+        no_labels = torch.zeros(self.db_l.shape[0], nq, dtype=torch.int32, device=self.device)  # rel=False
+        full = torch.full((nq,), self.bits, device=self.device)
+        sn, _ = self._launch_hist(qw, no_labels, full, *self._sample_db(), rel=False)
         target = int(2 * k * SAMPLE / self.n) + 16                      # well above the expected count
-        return (sn.cumsum(1) < target).sum(1).clamp(min(min_level, self.bits), self.bits)
+        return sn, (sn.cumsum(1) < target).sum(1).clamp(min(min_level, self.bits), self.bits)
 
     def _thresholded(self, qw: torch.Tensor, qlw: torch.Tensor | None, k: int | None, min_level: int = 0):
         """Histograms of packed queries; ``qlw=None``: item counts only (relevant counts 0)."""
@@ -256,8 +261,7 @@ class FusedHamming:
         full = torch.full((nq,), self.bits, device=self.device)
         if k is None or k >= self.n or self.n <= SAMPLE or min_level >= self.bits:
             return self._launch_hist(qw, qlw, full, self.db_w, self.db_l, rel)
-        sn, _ = self._launch_hist(qw, qlw, full, *self._sample_db(), rel=False)
-        thr = self._sample_threshold(sn, k, min_level)
+        _, thr = self._sample_level(qw, k, min_level)
         n, r = self._launch_hist(qw, qlw, thr, self.db_w, self.db_l, rel)
         short = n.sum(1) < k                                            # the guess was too low
         if bool(short.any()):
@@ -288,15 +292,10 @@ class FusedHamming:
         """The lists straight at the sample's threshold ``T`` (one full pass instead of two): a row of
         ``ROOM`` times the sample's estimate of ``#(d <= T)``. Rows whose count overflows it, or falls
         below ``k``, are ranked again by :meth:`_ranking` (exact either way)."""
-        nq = qw.shape[1]
-        zeros = torch.zeros(self.db_l.shape[0], nq, dtype=torch.int32, device=self.device)
-        full = torch.full((nq,), self.bits, device=self.device)
-        sn, _ = self._launch_hist(qw, zeros, full, *self._sample_db(), rel=False)
-        thr = self._sample_threshold(sn, k)
+        sn, thr = self._sample_level(qw, k)
         est = sn.cumsum(1).gather(1, thr[:, None])[:, 0].to(torch.float64) * (self.n / SAMPLE)
         room = (est * ROOM).to(torch.int64).clamp(k + 64, self.n)
         ids, dist, cnt = self._lists(qw, thr, room, k)
-        cnt = torch.cat(cnt)
         redo = (cnt > room) | (cnt < k)
         if bool(redo.any()):
             rows = redo.nonzero()[:, 0]
@@ -327,4 +326,4 @@ class FusedHamming:
             ids_out.append(key % self.n)
             dist_out.append(key // self.n)
             cnt_out.append(cnt)
-        return torch.cat(ids_out), torch.cat(dist_out), cnt_out
+        return torch.cat(ids_out), torch.cat(dist_out), torch.cat(cnt_out)
