@@ -24,8 +24,8 @@ evaluation it prints:
         # one markdown row (benchmarks/fused_tune.sh): tie-aware ms, index ms, pairs taken, same mAP as
         # the first row (whose mAPs --ref stores)
 
-The tunables (``HASHBENCH_FUSED_BQ`` / ``_BN`` / ``_WARPS`` / ``_CHUNK`` / ``_SAMPLE``, the opt-in
-``_ONEPASS`` / ``_ROOM``) are read when
+The tunables (``HASHBENCH_FUSED_BQ`` / ``_BN`` / ``_WARPS`` / ``_CHUNK`` / ``_SAMPLE``, the list kernel's
+``_LIST_BQ`` / ``_LIST_BN`` / ``_LIST_WARPS``, the opt-in ``_ONEPASS`` / ``_ROOM``) are read when
 ``fused_triton`` is imported: one process per setting. ``--cache FILE.npz`` keeps the generated case
 for later processes.
 """
@@ -259,6 +259,7 @@ def main() -> int:
     cuda = args.device == "cuda"
     dev = torch.device(args.device)
     tun = (f"BQ={FT.BQ} BN={FT.BN} WARPS={FT.WARPS} CHUNK={FT.CHUNK} SAMPLE={FT.SAMPLE}"
+           + f" LIST_BQ={FT.LIST_BQ} LIST_BN={FT.LIST_BN} LIST_WARPS={FT.LIST_WARPS}"
            + (f" ONEPASS=1 ROOM={FT.ROOM}" if FT.ONEPASS else ""))
 
     t0 = time.perf_counter()

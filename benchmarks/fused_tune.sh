@@ -17,35 +17,62 @@ REF=$(mktemp -u /tmp/fused_tune_ref.XXXXXX)          # the first row's mAPs (JSO
 ERR=${OUT:-/tmp}; mkdir -p "$ERR"                    # each setting's stderr: $ERR/fused_tune_NAME.err
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 [ "$DEVICE" = cpu ] && export TRITON_INTERPRET=1
-# name: BQ BN WARPS CHUNK SAMPLE ONEPASS (defaults 32 256 8 65536 8192 0); one axis at a time, the likeliest
-# first; ONEPASS=1: index ties' top-k lists at the sample's threshold, no counting pass (opt-in variant)
+# name, then the tunables it changes as KEY=VALUE (HASHBENCH_FUSED_<KEY>; the rest keep their defaults:
+# BQ=32 BN=256 WARPS=8 CHUNK=65536 SAMPLE=8192, LIST_BQ/LIST_BN/LIST_WARPS = the histogram's, ONEPASS=0).
+# The histogram tile (BQ BN WARPS) decides the tie-aware time; the index time adds the top-k list
+# kernel (LIST_*). SET=1 (default) runs SETTINGS; SET=2 runs SETTINGS2 (session 7: around BQ=16).
 SETTINGS="
-default       32  256  8  65536  8192  0
-onepass       32  256  8  65536  8192  1
-warps4        32  256  4  65536  8192  0
-warps16       32  256 16  65536  8192  0
-bn128         32  128  8  65536  8192  0
-bq64          64  256  8  65536  8192  0
-chunk16k      32  256  8  16384  8192  0
-chunk256k     32  256  8 262144  8192  0
-sample2k      32  256  8  65536  2048  0
-sample32k     32  256  8  65536 32768  0
-bn512         32  512  8  65536  8192  0
-bq16          16  256  8  65536  8192  0
+default
+onepass      ONEPASS=1
+warps4       WARPS=4
+warps16      WARPS=16
+bn128        BN=128
+bq64         BQ=64
+chunk16k     CHUNK=16384
+chunk256k    CHUNK=262144
+sample2k     SAMPLE=2048
+sample32k    SAMPLE=32768
+bn512        BN=512
+bq16         BQ=16
 "
+SETTINGS2="
+default
+bq16         BQ=16
+bq16w4       BQ=16 WARPS=4
+bq16w16      BQ=16 WARPS=16
+bq16bn128    BQ=16 BN=128
+bq16bn512    BQ=16 BN=512
+bq16bn512w16 BQ=16 BN=512 WARPS=16
+bq16w4bn128  BQ=16 WARPS=4 BN=128
+bq8          BQ=8
+bq8w4        BQ=8 WARPS=4
+bq8bn512     BQ=8 BN=512
+bq16c16k     BQ=16 CHUNK=16384
+bq16c256k    BQ=16 CHUNK=262144
+l32w16       BQ=16 LIST_BQ=32 LIST_WARPS=16
+l32w16b512   BQ=16 LIST_BQ=32 LIST_WARPS=16 LIST_BN=512
+l16w16       BQ=16 LIST_BQ=16 LIST_WARPS=16
+l32w4        BQ=16 LIST_BQ=32 LIST_WARPS=4
+l64w16       BQ=16 LIST_BQ=64 LIST_WARPS=16
+l16w4        BQ=16 LIST_BQ=16 LIST_WARPS=4
+l32w8b128    BQ=16 LIST_BQ=32 LIST_WARPS=8 LIST_BN=128
+onepass16    BQ=16 ONEPASS=1 LIST_BQ=32 LIST_WARPS=16
+"
+[ "${SET:-1}" = 2 ] && SETTINGS=$SETTINGS2
 GRID=${GRID:-$(echo "$SETTINGS" | awk 'NF {print $1}')}
 echo "fused kernel settings, $DEVICE, $(date -u +%H:%M:%S) UTC; TOTAL_S=$TOTAL_S COMBO_S=$COMBO_S REPEAT=$REPEAT ARGS=$ARGS"
-echo "| setting (BQ BN WARPS CHUNK SAMPLE ONEPASS) | tie-aware ms | index ms | pairs taken % (tie-aware full pass) | mAP tie-aware | mAP index | same mAP as default |"
+echo "| setting (changed tunables) | tie-aware ms | index ms | pairs taken % (tie-aware full pass) | mAP tie-aware | mAP index | same mAP as default |"
 echo "|---|---|---|---|---|---|---|"
 start=$SECONDS
 for name in $GRID; do
-  read -r _ bq bn warps chunk sample onepass <<< "$(echo "$SETTINGS" | awk -v n="$name" '$1 == n')"
-  if [ -z "${bq:-}" ]; then echo "| $name | unknown setting | | | | | |"; continue; fi
+  line=$(echo "$SETTINGS" | awk -v n="$name" '$1 == n')
+  if [ -z "$line" ]; then echo "| $name | unknown setting | | | | | |"; continue; fi
+  kv=$(echo "$line" | cut -d' ' -f2- -s | xargs)
   left=$(( TOTAL_S - (SECONDS - start) ))
-  if [ "$left" -lt "$COMBO_S" ]; then echo "| $name $bq $bn $warps $chunk $sample $onepass | not run: ${left}s of TOTAL_S left | | | | | |"; continue; fi
-  label="$name $bq $bn $warps $chunk $sample $onepass"
-  row=$(HASHBENCH_FUSED_BQ=$bq HASHBENCH_FUSED_BN=$bn HASHBENCH_FUSED_WARPS=$warps HASHBENCH_FUSED_CHUNK=$chunk \
-        HASHBENCH_FUSED_SAMPLE=$sample HASHBENCH_FUSED_ONEPASS=$onepass timeout "$COMBO_S" python benchmarks/fused_profile.py --device "$DEVICE" \
+  label="$name${kv:+ $kv}"
+  if [ "$left" -lt "$COMBO_S" ]; then echo "| $label | not run: ${left}s of TOTAL_S left | | | | | |"; continue; fi
+  envs=(); for a in $kv; do envs+=("HASHBENCH_FUSED_$a"); done
+  row=$(env "${envs[@]}" timeout "$COMBO_S" python benchmarks/fused_profile.py --device "$DEVICE" \
         --time-only --label "$label" --repeat "$REPEAT" --cache "$CACHE" --ref "$REF" $ARGS 2> "$ERR/fused_tune_$name.err")
   rc=$?
   if [ $rc -eq 0 ] && [ -n "$row" ]; then

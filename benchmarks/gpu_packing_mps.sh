@@ -13,5 +13,5 @@ mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
 nvidia-cuda-mps-control -d || { echo "could not start the MPS daemon"; exit 3; }
 trap 'echo quit | nvidia-cuda-mps-control; echo "MPS daemon stopped"' EXIT
 echo "MPS daemon started"
-python benchmarks/bench_packing.py --shares "${SHARES:-1,0.125}" --tag -mps --gpu-util 2>&1 | tee "$OUT/bench_packing_mps.md"
+python benchmarks/bench_packing.py --shares "${SHARES:-1,0.125}" --tag=-mps --gpu-util 2>&1 | tee "$OUT/bench_packing_mps.md"
 tail -n 20 "$CUDA_MPS_LOG_DIRECTORY/control.log" 2>/dev/null | tee "$OUT/mps_control_log.txt"

@@ -21,6 +21,9 @@
 #       (session 7, no bundle needed) triplet beside constellation images/s on chula32 (issue 19), the fused
 #       evaluation kernels (issue 14: gpu_fused.sh, then fused_profile.py's kernel / sync tables and
 #       fused_tune.sh's tile settings), then the chula32 baselines at 64 bits (issue 12) in what is left
+#   carry [".gpudata/before"]                          bash benchmarks/gpu_session5.sh F
+#       (session 7, no bundle needed) issue 14's kernels before (git archive df5781e) / now, a second tile
+#       grid (fused_tune.sh SET=2), then the acceptance benchmark at the picked tunables (fused_pick.py)
 #   (no carry)                                         bash benchmarks/gpu_session5.sh D
 #       only if B's time ran out: resume both paper sweeps; the paper tables
 # Device calls that must not see uncommitted edits in the checkout run a snapshot of HEAD:
@@ -68,7 +71,7 @@ cap() {  # cap LIMIT_S RESERVE_S: LIMIT_S, or less so that RESERVE_S seconds of 
   local l=$(( $(left) - $2 )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 30 ] && l=30; echo "$l"
 }
 CALL=${1:?A, B, C or D}
-case $CALL in A|B|C|D|E|P) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;; esac
+case $CALL in A|B|C|D|E|F|P) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ;; esac
 case $CALL in
   A|P)
     mkdir -p .site/bin && tar -xJf .gpu/bundle.tar.xz -C .site \
@@ -120,6 +123,29 @@ case $CALL in
       echo "baselines64: not run, $(left) s left"
     fi
     save E
+    ;;
+  F)  # session 7, no Ray needed (carry .gpudata/before): issue 14's kernels after the list-kernel and
+      # host-sync changes: the code before them (.gpudata/before = git archive df5781e) and now at the
+      # defaults side by side, fused_tune.sh's second grid (around BQ=16, the list kernel's own tile), then
+      # the acceptance benchmark (bench_eval.py: fused vs torch vs numpy, 10k x 1M and 100k x 10M), the
+      # equality check and the profile, all at the tunables fused_pick.py takes from the grid
+    rm -rf "${RES:?}"/* && mkdir -p "$RES/fused_tune2" "$RES/fused_best"
+    python benchmarks/fused_profile.py --device cuda --time-only --label now-defaults --repeat 5 \
+        --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json > "$RES/fused_tune2/now_defaults.md" 2>&1
+    ( cd .gpudata/before && PYTHONPATH=$PWD timeout 60 python benchmarks/fused_profile.py --device cuda --time-only \
+        --label before-df5781e --repeat 5 --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json ) \
+        > "$RES/fused_tune2/before.md" 2>&1
+    grep -h '^|' "$RES/fused_tune2/now_defaults.md" "$RES/fused_tune2/before.md" | tail -n 2; save F
+    lim=$(cap 230 130)
+    stage fused_tune2 "$lim" env SET=2 TOTAL_S=$(( lim - 10 )) COMBO_S=25 CACHE=/tmp/fused_case.npz \
+        OUT="$RES/fused_tune2" bash benchmarks/fused_tune.sh
+    best=$(python benchmarks/fused_pick.py "$RES/fused_tune2/log.txt" 2>&1); echo "picked: $best" | tee "$RES/fused_best/picked.txt"
+    case $best in HASHBENCH_FUSED_*) export $best ;; *) echo "no pick: the defaults" ;; esac
+    stage fused_best "$(cap 90 40)" bash -c 'timeout 60 python benchmarks/bench_eval.py --device cuda --ref-queries 20 \
+        --skip-small; timeout 40 python benchmarks/bench_eval.py --device cuda --only-huge --ref-queries 3'
+    stage fused_check "$(cap 30 20)" python benchmarks/bench_eval.py --device cuda --check
+    stage fused_profile2 "$(cap 40 5)" python benchmarks/fused_profile.py --device cuda --cache /tmp/fused_case.npz
+    save F
     ;;
   D)   # only if B's time ran out: continue both paper sweeps
     python -c "import ray, polars" || { echo ".site is gone (machine was not warm)"; exit 3; }

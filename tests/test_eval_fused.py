@@ -118,6 +118,38 @@ def test_histograms_and_ranking_against_brute_force(bits, multi, key64, monkeypa
         np.testing.assert_array_equal(dist.cpu().numpy(), np.take_along_axis(d, order[:, :k], 1))
 
 
+@pytest.mark.parametrize("list_tile", [(8, 32, 1), (64, 128, 2)])
+def test_list_kernel_tile_of_its_own_gives_the_same_ranking(list_tile, monkeypatch):
+    """HASHBENCH_FUSED_LIST_BQ / _LIST_BN / _LIST_WARPS set the top-k kernel's tile apart from the
+    histogram's: a database of 301 items (no multiple of any tile, several chunks) ranks the same."""
+    bq, bn, warps = list_tile
+    monkeypatch.setattr(FT, "LIST_BQ", bq)
+    monkeypatch.setattr(FT, "LIST_BN", bn)
+    monkeypatch.setattr(FT, "LIST_WARPS", warps)
+    monkeypatch.setattr(FT, "CHUNK", 2 * bn)
+    rng = np.random.default_rng(7)
+    nq, n, bits = 13, 301, 40
+    q = codes(rng, nq, bits)
+    db = codes(rng, n, bits, dup_of=q[0])
+    d, _ = reference(q, db, np.zeros(nq, int), np.zeros(n, int))
+    order = np.argsort(d, axis=1, kind="stable")
+    fh = FT.FusedHamming(t(db), t(np.zeros(n, int)))
+    for k in (1, 37, n):
+        ids, dist = fh.ranking(t(q), k)
+        np.testing.assert_array_equal(ids.cpu().numpy(), order[:, :k])
+        np.testing.assert_array_equal(dist.cpu().numpy(), np.take_along_axis(d, order[:, :k], 1))
+
+
+@pytest.mark.parametrize("name,raw,why", [("BQ", "24", "a power of 2"), ("LIST_WARPS", "0", "a power of 2"),
+                                          ("CHUNK", "lots", "a positive integer"), ("SAMPLE", "-5", "a positive integer")])
+def test_bad_tunable_names_the_variable_and_what_is_valid(name, raw, why, monkeypatch):
+    monkeypatch.setenv(f"HASHBENCH_FUSED_{name}", raw)
+    with pytest.raises(HashbenchError, match=f"HASHBENCH_FUSED_{name}='{raw}': expected {why}"):
+        FT._tunable(name, 8, power_of_2=name not in ("CHUNK", "SAMPLE"))
+    monkeypatch.setenv(f"HASHBENCH_FUSED_{name}", "16")
+    assert FT._tunable(name, 8) == 16
+
+
 def test_threshold_guess_too_low_is_recounted():
     """The sampled items all sit at distance 0 of the query, the others far: the sample's level
     (0) holds only 64 items, fewer than k, so the query must be recounted with every level."""

@@ -157,13 +157,15 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
         self_rel = (torch.ones(n_q, dtype=F64, device=dev) if prep.query_labels.dim() == 1
                     else prep.query_labels.any(1).to(F64))
         R_all = R_all - self_rel
-    kvec = torch.tensor([k for _, k in cutoffs], device=dev, dtype=torch.int64)
+    ks_int = [int(k) for _, k in cutoffs]
+    kvec = torch.tensor(ks_int, device=dev, dtype=torch.int64)
+    kmax = max(ks_int)                        # from the host list: no device round trip
     grouped = ties == "tie-aware"
     want_hist = prep.binary and (grouped or hamming_radius is not None or pr_curve)
     # tie-aware Hamming metrics at cut-offs below N only need the buckets up to the k-th distance
     truncated = (want_hist and grouped and not (map_at_r or pr_curve or (hamming_radius is not None and not fused))
-                 and eng_name in ("torch", "fused") and int(kvec.max()) < n_eff)
-    depth = int(kvec.max())
+                 and eng_name in ("torch", "fused") and kmax < n_eff)
+    depth = kmax
     if map_at_r and not grouped:
         depth = max(depth, int(R_all.max().item()))
     depth = min(max(depth, 1), n_eff)
@@ -181,7 +183,7 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
         nq = qc.shape[0]
         own = torch.arange(s, s + nq, device=dev) if exclude_self else None       # each query's own item
         rank = _ranker(eng, own)
-        kh = int(kvec.max()) + exclude_self   # truncated histograms: the own item takes one place at distance 0
+        kh = kmax + exclude_self   # truncated histograms: the own item takes one place at distance 0
         cut = kvec.unsqueeze(0).expand(nq, -1)
         if map_at_r:
             cut = torch.cat([cut, R.to(torch.int64).unsqueeze(1)], 1)
@@ -271,7 +273,7 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
                                                                       prep.db_labels)
                                         if ids[rows].shape[0] else 0.0)
     if eng_name in APPROXIMATE:
-        res["recall_vs_exact"] = _recall_vs_exact(prep, eng, int(kvec.min()), chunk, exclude_self)
+        res["recall_vs_exact"] = _recall_vs_exact(prep, eng, min(ks_int), chunk, exclude_self)
     res["protocol"] = {
         "convention": convention, "ties": ties,
         "no_hit": "excluded" if exclude_no_hit else "count-as-zero",

@@ -46,14 +46,32 @@ from hashbench.platform.errors import HashbenchError
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _env = os.environ.get
-#: tile: queries per program, database items per step (HASHBENCH_FUSED_BQ / _BN: powers of 2)
-BQ, BN = int(_env("HASHBENCH_FUSED_BQ", 32)), int(_env("HASHBENCH_FUSED_BN", 256))
+
+
+def _tunable(name: str, default: int, power_of_2: bool = True) -> int:
+    """``HASHBENCH_FUSED_<name>`` as a positive int (a power of 2 where the kernel's tile needs one)."""
+    raw = _env(f"HASHBENCH_FUSED_{name}", str(default))
+    try:
+        v = int(raw)
+    except ValueError:
+        v = 0
+    if v <= 0 or (power_of_2 and v & (v - 1)):
+        kind = "a power of 2" if power_of_2 else "a positive integer"
+        raise HashbenchError(f"HASHBENCH_FUSED_{name}={raw!r}: expected {kind} (default {default}); unset it for the default")
+    return v
+
+
+#: histogram tile: queries per program, database items per step (HASHBENCH_FUSED_BQ / _BN)
+BQ, BN = _tunable("BQ", 32), _tunable("BN", 256)
+#: warps per program (histogram kernel)
+WARPS = _tunable("WARPS", 8)
+#: the top-k list kernel's own tile and warps (HASHBENCH_FUSED_LIST_BQ / _LIST_BN / _LIST_WARPS; default: the
+#: histogram's): it does more per taken pair (a slot from an atomic counter, a key store)
+LIST_BQ, LIST_BN, LIST_WARPS = _tunable("LIST_BQ", BQ), _tunable("LIST_BN", BN), _tunable("LIST_WARPS", WARPS)
 #: database items whose histogram estimates the per-query threshold at cut-offs k < N
-SAMPLE = int(_env("HASHBENCH_FUSED_SAMPLE", 8192))
-#: items per program along the database (a multiple of BN)
-CHUNK = int(_env("HASHBENCH_FUSED_CHUNK", 1 << 16))
-#: warps per program
-WARPS = int(_env("HASHBENCH_FUSED_WARPS", 8))
+SAMPLE = _tunable("SAMPLE", 8192, power_of_2=False)
+#: items per program along the database (rounded down to a multiple of the tile's BN)
+CHUNK = _tunable("CHUNK", 1 << 16, power_of_2=False)
 #: opt-in (HASHBENCH_FUSED_ONEPASS=1): top-k lists straight at the sample's threshold, without the exact
 #: counting pass; rows get ROOM times the sample's estimate of their length (HASHBENCH_FUSED_ROOM)
 ONEPASS = _env("HASHBENCH_FUSED_ONEPASS", "0") == "1"
@@ -143,23 +161,26 @@ def _list_kernel(qw_ptr, dbw_ptr, thr_ptr, cnt_ptr, out_ptr, nq, N, TILES: tl.co
     rows = tl.program_id(0) * BQ + tl.arange(0, BQ)
     rmask = rows < nq
     thr = tl.load(thr_ptr + rows, mask=rmask, other=-1)
+    # per-query pointers, once per program: inside the loop a pair adds only its slot to its row's pointer
+    cnt_row = tl.broadcast_to((cnt_ptr + rows)[None, :], (BN, BQ))
+    out_row = (out_ptr + rows.to(tl.int64) * L)[None, :]
     lo = tl.program_id(1) * (TILES * BN)
     for i in range(TILES):           # a constexpr trip count: runtime bounds break the interpreter
         cols = lo + i * BN + tl.arange(0, BN)
         cmask = cols < N
         d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
         take = (d <= thr[None, :]) & cmask[:, None]
-        slot = tl.atomic_add(cnt_ptr + (cols[:, None] * 0 + rows[None, :]), 1, mask=take, sem="relaxed")
+        slot = tl.atomic_add(cnt_row, 1, mask=take, sem="relaxed")
         if KEY64:
             key = d.to(tl.int64) * N + cols[:, None]
         else:
             key = d * N + cols[:, None]
-        tl.store(out_ptr + (rows[None, :].to(tl.int64) * L + slot), key, mask=take & (slot < L))
+        tl.store(out_row + slot, key, mask=take & (slot < L))
 
 
-def _chunk(n: int) -> int:
-    """Database items per program: a multiple of BN, at most CHUNK, no longer than needed."""
-    return min(max(BN, CHUNK // BN * BN), -(-n // BN) * BN)
+def _chunk(n: int, bn: int) -> int:
+    """Database items per program: a multiple of the tile's ``bn``, at most CHUNK, no longer than needed."""
+    return min(max(bn, CHUNK // bn * bn), -(-n // bn) * bn)
 
 
 def _pack_words(bits01: torch.Tensor) -> torch.Tensor:
@@ -172,8 +193,8 @@ def _pack_words(bits01: torch.Tensor) -> torch.Tensor:
     if b != words * 32:
         x = torch.zeros(n, words * 32, dtype=torch.uint8, device=bits01.device)
         x[:, :b] = bits01
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=bits01.device)
-    packed = (x.view(n, words * 4, 8) * weights).sum(2, dtype=torch.uint8)       # bit j % 8 of byte j // 8
+    shifts = torch.arange(8, dtype=torch.uint8, device=bits01.device)           # made on the device: no copy, no sync
+    packed = (x.view(n, words * 4, 8) << shifts).sum(2, dtype=torch.uint8)      # bit j % 8 of byte j // 8
     if packed.dtype != torch.uint8 or not _LITTLE_ENDIAN:                         # pragma: no cover
         raise HashbenchError("fused kernels: byte packing needs a little-endian host")
     return packed.contiguous().view(torch.int32).T.contiguous()
@@ -221,7 +242,7 @@ class FusedHamming:
         nq, n = qw.shape[1], db_w.shape[1]
         hw = 2 * (self.bits + 1)
         hist = torch.zeros(nq, hw, dtype=torch.int32, device=self.device)
-        chunk = _chunk(n)
+        chunk = _chunk(n, BN)
         grid = (triton.cdiv(nq, BQ), triton.cdiv(n, chunk))
         with self._on_device():
             _hist_kernel[grid](qw, db_w, ql, db_l, thr.to(torch.int32).contiguous(), hist, nq, n, chunk // BN,
@@ -307,7 +328,7 @@ class FusedHamming:
         slots, sorted, the first ``k`` split into ``(ids, dist)``; ``cnt``: how many items each row
         had (rows with ``cnt > rows_len`` are incomplete)."""
         nq = qw.shape[1]
-        chunk = _chunk(self.n)
+        chunk = _chunk(self.n, LIST_BN)
         # keys d * N + index (and the padding) in int32 when they fit: half the bytes to fill and sort
         key_dtype = torch.int32 if (self.bits + 1) * self.n < KEY32_LIMIT else torch.int64
         ids_out, dist_out, cnt_out = [], [], []
@@ -317,11 +338,11 @@ class FusedHamming:
             L = int(rows_len[s:e].max())
             out = torch.full((e - s, L), torch.iinfo(key_dtype).max, dtype=key_dtype, device=self.device)
             cnt = torch.zeros(e - s, dtype=torch.int32, device=self.device)
-            grid = (triton.cdiv(e - s, BQ), triton.cdiv(self.n, chunk))
+            grid = (triton.cdiv(e - s, LIST_BQ), triton.cdiv(self.n, chunk))
             with self._on_device():
                 _list_kernel[grid](qw[:, s:e].contiguous(), self.db_w, t[s:e].to(torch.int32).contiguous(), cnt,
-                                   out, e - s, self.n, chunk // BN, L, W=qw.shape[0], BQ=BQ, BN=BN,
-                                   USE_POPC=self.use_popc, KEY64=key_dtype == torch.int64, num_warps=WARPS)
+                                   out, e - s, self.n, chunk // LIST_BN, L, W=qw.shape[0], BQ=LIST_BQ, BN=LIST_BN,
+                                   USE_POPC=self.use_popc, KEY64=key_dtype == torch.int64, num_warps=LIST_WARPS)
             key = torch.sort(out, 1).values[:, :k].to(torch.int64)
             ids_out.append(key % self.n)
             dist_out.append(key // self.n)
