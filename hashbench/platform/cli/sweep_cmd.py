@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
     p.add_argument("--name", help="sweep name (overrides the config's name; e.g. to run a config twice)")
     p.add_argument("--gpus-per-worker", help="override resources.gpus_per_worker (a number or 'auto'), "
                                              "e.g. 1 vs 0.25 to measure GPU packing")
+    p.add_argument("--mps", action="store_true",
+                   help="run the trials under an NVIDIA MPS daemon that the sweep starts and stops (local Ray "
+                        "only; for trials sharing a GPU, e.g. --gpus-per-worker 0.125; as resources.mps: true)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the config after validation (repeatable): epochs=N (every study, e.g. a "
                         "paper config at reduced epochs on a CPU), trials=N, seeds=N, bits=K,K / methods=M,M "
@@ -89,4 +92,12 @@ def _overrides(cfg, args):
                 raise HashbenchError(f"--gpus-per-worker {args.gpus_per_worker!r}: expected 'auto', a fraction "
                                      f"in [0, 1] or a whole number")
         cfg = dataclasses.replace(cfg, gpus_per_worker=value)
+    if getattr(args, "mps", False):
+        cfg = dataclasses.replace(cfg, mps=True)
+    if cfg.mps:
+        from hashbench.platform.sweep.mps import check_mps_gpus, check_mps_local
+
+        given = "--gpus-per-worker" if args.gpus_per_worker is not None else f"{cfg.source}: resources.gpus_per_worker"
+        check_mps_gpus(cfg.gpus_per_worker, given)
+        check_mps_local(getattr(args, "address", None))
     return cfg

@@ -24,7 +24,7 @@ TOP_KEYS = ("name", "methods", "datasets", "bits", "trials", "epochs", "seed", "
             "checkpoint_interval_s")
 METHOD_KEYS = ("datasets", "bits", "params", "search", "trials", "epochs", "batch_size")
 ASHA_KEYS = ("grace_period", "reduction_factor")
-RESOURCE_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "max_concurrent")
+RESOURCE_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "max_concurrent", "mps")
 TRAIN_KEYS = ("batch_size", "augment", "patience", "eval_ks", "max_failures", "device", "eval_batch_size",
               "cuda_graph", "restore_best", "evaluation", "torch_threads", "plateau_on",
               "precise_bn")
@@ -86,6 +86,8 @@ class SweepConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: Any = 0.0  # a number or "auto"
     max_concurrent: Optional[int] = None
+    #: run the trials under an NVIDIA MPS daemon that the sweep starts (local Ray only; sweep/mps.py)
+    mps: bool = False
     max_failures: int = 1
     train: dict = field(default_factory=dict)
     storage: str = "runs/sweeps"
@@ -292,6 +294,13 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
     max_conc = res.get("max_concurrent")
     if max_conc is not None:
         max_conc = _int(max_conc, where("resources", "max_concurrent"), 1)
+    mps = res.get("mps", False)
+    if not isinstance(mps, bool):
+        raise HashbenchError(f"{where('resources', 'mps')}: expected true or false, got {mps!r}")
+    if mps:
+        from hashbench.platform.sweep.mps import check_mps_gpus
+
+        check_mps_gpus(gpus, where("resources", "gpus_per_worker"))
 
     train = dict(_check_keys(raw.get("train"), TRAIN_KEYS, where, "train"))
     if "max_failures" in train:
@@ -347,7 +356,7 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
             for b in bits_list:
                 studies.append(Study(mid, ds, b, fixed, dims, m_trials if dims else 1, m_epochs or m.epochs, batch))
     cfg = SweepConfig(name=name, source=source, studies=studies, seed=seed, seeds=seeds, asha=asha,
-                      workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus, max_concurrent=max_conc,
+                      workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus, max_concurrent=max_conc, mps=mps,
                       max_failures=max_failures, train=train,
                       storage=str(raw.get("storage", "runs/sweeps")),
                       leaderboard=str(raw.get("leaderboard", "leaderboard")),

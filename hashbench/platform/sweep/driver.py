@@ -14,6 +14,7 @@ down). Rows are keyed by (sweep, trial), so nothing is ever written twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -681,7 +682,9 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
               emit: Callable[[str], None] = print, callbacks: Optional[list] = None) -> SweepSummary:
     """Run (or with ``resume`` continue) the sweep ``cfg``; every finished trial becomes one row.
 
-    ``callbacks``: extra Tune callbacks for every experiment (benchmarks/bench_trial.py).
+    ``callbacks``: extra Tune callbacks for every experiment (benchmarks/bench_trial.py). With ``cfg.mps``
+    the sweep starts an NVIDIA MPS daemon, then a fresh local Ray under it, and stops both when it ends
+    (:mod:`hashbench.platform.sweep.mps`; refused with an ``address`` or a Ray already running).
     """
     import ray
 
@@ -708,21 +711,42 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, address: Optional[str] 
                              f"(e.g. {os.path.basename(sorted(stale.values())[0])}) but {root} has no sweep of "
                              f"that name: remove them, set another 'name' in {cfg.source} (or --name), "
                              f"or point --storage at that sweep's state and pass --resume")
+    if cfg.mps:  # before anything is made: MPS reaches the trials only through a Ray started here
+        from hashbench.platform.sweep.mps import check_mps_gpus, check_mps_local
+
+        check_mps_gpus(cfg.gpus_per_worker, f"{cfg.source}: resources.gpus_per_worker")
+        check_mps_local(address, ray_running=ray.is_initialized())
     made = _missing_dirs([p for p in (root, cfg.leaderboard, cfg.out_dir) if "://" not in p])
-    try:
-        check_storage(root)
-        check_writable(cfg.leaderboard)
-        check_writable(cfg.out_dir, what="run directory")
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        plan = plan_resources(cfg, cluster_nodes())
-    except HashbenchError:
-        for path in made:  # leave nothing behind: remove the (still empty) directories the checks made
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass
-        raise
+    with contextlib.ExitStack() as stack:  # on any exit: Ray (when started for MPS) stops, then the daemon
+        try:
+            check_storage(root)
+            check_writable(cfg.leaderboard)
+            check_writable(cfg.out_dir, what="run directory")
+            if cfg.mps:
+                from hashbench.platform.sweep.mps import mps_daemon
+
+                stack.enter_context(mps_daemon(emit))  # exports its directories: ray.init's workers inherit them
+                ray.init(address="local", log_to_driver=False, configure_logging=False)
+                stack.callback(ray.shutdown)  # the trial processes end before the daemon is told to quit
+            elif not ray.is_initialized():
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            plan = plan_resources(cfg, cluster_nodes())
+            if cfg.mps and plan.gpus_per_worker == 0:
+                raise HashbenchError(f"{cfg.source}: resources.gpus_per_worker 'auto' is 0 on this machine (no GPU "
+                                     f"in the Ray session): MPS has nothing to share; drop --mps (or resources.mps)")
+        except HashbenchError:
+            for path in made:  # leave nothing behind: remove the (still empty) directories the checks made
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+            raise
+        return _run_studies(cfg, root, manifest, plan, resume=resume, emit=emit, callbacks=callbacks, t0=t0)
+
+
+def _run_studies(cfg: SweepConfig, root: str, manifest: Optional[dict], plan: Plan, *, resume: bool, emit,
+                 callbacks: Optional[list], t0: float) -> SweepSummary:
+    """The sweep once Ray is up and the checks passed: its experiments, the seeds, the rows, the summary."""
     if manifest is None:
         write_manifest(root, {"name": cfg.name, "source": cfg.source, "leaderboard": cfg.leaderboard,
                               "created_at": now_iso(), "config": open(cfg.source).read()
