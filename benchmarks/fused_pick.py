@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 
-DEFAULTS = {"BQ": "32", "BN": "256", "WARPS": "8", "CHUNK": "65536", "SAMPLE": "8192"}   # fused_triton's
+# the defaults fused_tune.sh grids 1-3 ran against (its BASE=old); a row's unset tunables took these
+DEFAULTS = {"BQ": "32", "BN": "256", "WARPS": "8", "CHUNK": "65536", "SAMPLE": "8192"}
 LIST = ("BQ", "BN", "WARPS")
 
 

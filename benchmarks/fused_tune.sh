@@ -17,10 +17,13 @@ REF=$(mktemp -u /tmp/fused_tune_ref.XXXXXX)          # the first row's mAPs (JSO
 ERR=${OUT:-/tmp}; mkdir -p "$ERR"                    # each setting's stderr: $ERR/fused_tune_NAME.err
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 [ "$DEVICE" = cpu ] && export TRITON_INTERPRET=1
-# name, then the tunables it changes as KEY=VALUE (HASHBENCH_FUSED_<KEY>; the rest keep their defaults:
-# BQ=32 BN=256 WARPS=8 CHUNK=65536 SAMPLE=8192, LIST_BQ/LIST_BN/LIST_WARPS = the histogram's, ONEPASS=0).
+# name, then the tunables it changes as KEY=VALUE (HASHBENCH_FUSED_<KEY>). Grids 1-3 (session 7) ran
+# against the defaults of then, which every row of theirs still gets where it sets nothing: BQ=32 BN=256
+# WARPS=8 CHUNK=65536 SAMPLE=8192, LIST_BQ/LIST_BN/LIST_WARPS = the row's BQ/BN/WARPS, ONEPASS=0 (BASE=old,
+# the default); BASE=now leaves unset tunables at fused_triton's current defaults (picked from grid 3).
 # The histogram tile (BQ BN WARPS) decides the tie-aware time; the index time adds the top-k list
-# kernel (LIST_*). SET=1 (default) runs SETTINGS; SET=2 runs SETTINGS2 (session 7: around BQ=16).
+# kernel (LIST_*). SET=1 (default) runs SETTINGS; SET=2 runs SETTINGS2 (session 7: around BQ=16), SET=3
+# SETTINGS3 (around BQ=8, the best of SET=2).
 SETTINGS="
 default
 onepass      ONEPASS=1
@@ -58,7 +61,25 @@ l16w4        BQ=16 LIST_BQ=16 LIST_WARPS=4
 l32w8b128    BQ=16 LIST_BQ=32 LIST_WARPS=8 LIST_BN=128
 onepass16    BQ=16 ONEPASS=1 LIST_BQ=32 LIST_WARPS=16
 "
+SETTINGS3="
+default
+bq8          BQ=8
+bq4          BQ=4
+bq4w4        BQ=4 WARPS=4
+bq4w2        BQ=4 WARPS=2
+bq8w2        BQ=8 WARPS=2
+bq8bn128     BQ=8 BN=128
+bq8bn128w4   BQ=8 BN=128 WARPS=4
+bq4bn512     BQ=4 BN=512
+bq4bn512w4   BQ=4 BN=512 WARPS=4
+bq8c16k      BQ=8 CHUNK=16384
+bq8s4k       BQ=8 SAMPLE=4096
+bq8l4w2      BQ=8 LIST_BQ=4 LIST_WARPS=2
+bq8l8w2      BQ=8 LIST_BQ=8 LIST_WARPS=2
+bq8l8w4b128  BQ=8 LIST_BQ=8 LIST_WARPS=4 LIST_BN=128
+"
 [ "${SET:-1}" = 2 ] && SETTINGS=$SETTINGS2
+[ "${SET:-1}" = 3 ] && SETTINGS=$SETTINGS3
 GRID=${GRID:-$(echo "$SETTINGS" | awk 'NF {print $1}')}
 echo "fused kernel settings, $DEVICE, $(date -u +%H:%M:%S) UTC; TOTAL_S=$TOTAL_S COMBO_S=$COMBO_S REPEAT=$REPEAT ARGS=$ARGS"
 echo "| setting (changed tunables) | tie-aware ms | index ms | pairs taken % (tie-aware full pass) | mAP tie-aware | mAP index | same mAP as default |"
@@ -71,7 +92,16 @@ for name in $GRID; do
   left=$(( TOTAL_S - (SECONDS - start) ))
   label="$name${kv:+ $kv}"
   if [ "$left" -lt "$COMBO_S" ]; then echo "| $label | not run: ${left}s of TOTAL_S left | | | | | |"; continue; fi
-  envs=(); for a in $kv; do envs+=("HASHBENCH_FUSED_$a"); done
+  envs=()
+  if [ "${BASE:-old}" = old ]; then        # the defaults grids 1-3 were written against
+    declare -A v=([BQ]=32 [BN]=256 [WARPS]=8 [CHUNK]=65536 [SAMPLE]=8192)
+    for a in $kv; do v[${a%%=*}]=${a#*=}; done
+    for t in BQ BN WARPS; do [ -n "${v[LIST_$t]:-}" ] || v[LIST_$t]=${v[$t]}; done
+    for key in "${!v[@]}"; do envs+=("HASHBENCH_FUSED_$key=${v[$key]}"); done
+    unset v
+  else
+    for a in $kv; do envs+=("HASHBENCH_FUSED_$a"); done
+  fi
   row=$(env "${envs[@]}" timeout "$COMBO_S" python benchmarks/fused_profile.py --device "$DEVICE" \
         --time-only --label "$label" --repeat "$REPEAT" --cache "$CACHE" --ref "$REF" $ARGS 2> "$ERR/fused_tune_$name.err")
   rc=$?

@@ -23,7 +23,8 @@
 #       fused_tune.sh's tile settings), then the chula32 baselines at 64 bits (issue 12) in what is left
 #   carry [".gpudata/before"]                          bash benchmarks/gpu_session5.sh F
 #       (session 7, no bundle needed) issue 14's kernels before (git archive df5781e) / now, a second tile
-#       grid (fused_tune.sh SET=2), then the acceptance benchmark at the picked tunables (fused_pick.py)
+#       grid (fused_tune.sh SET=2), then the acceptance benchmark at the picked tunables (fused_pick.py);
+#       SET=3 HUGE=0 RESERVE_S=60 BUDGET=200: the third grid (around BQ=8), no before/now rows, no 100k x 10M
 #   (no carry)                                         bash benchmarks/gpu_session5.sh D
 #       only if B's time ran out: resume both paper sweeps; the paper tables
 # Device calls that must not see uncommitted edits in the checkout run a snapshot of HEAD:
@@ -130,19 +131,21 @@ case $CALL in
       # the acceptance benchmark (bench_eval.py: fused vs torch vs numpy, 10k x 1M and 100k x 10M), the
       # equality check and the profile, all at the tunables fused_pick.py takes from the grid
     rm -rf "${RES:?}"/* && mkdir -p "$RES/fused_tune2" "$RES/fused_best"
+    if [ "${SET:-2}" = 2 ]; then
     python benchmarks/fused_profile.py --device cuda --time-only --label now-defaults --repeat 5 \
         --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json > "$RES/fused_tune2/now_defaults.md" 2>&1
     ( cd .gpudata/before && PYTHONPATH=$PWD timeout 60 python benchmarks/fused_profile.py --device cuda --time-only \
         --label before-df5781e --repeat 5 --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json ) \
         > "$RES/fused_tune2/before.md" 2>&1
     grep -h '^|' "$RES/fused_tune2/now_defaults.md" "$RES/fused_tune2/before.md" | tail -n 2; save F
-    lim=$(cap 230 130)
-    stage fused_tune2 "$lim" env SET=2 TOTAL_S=$(( lim - 10 )) COMBO_S=25 CACHE=/tmp/fused_case.npz \
+    fi
+    lim=$(cap 230 ${RESERVE_S:-130})
+    stage fused_tune2 "$lim" env SET=${SET:-2} TOTAL_S=$(( lim - 10 )) COMBO_S=25 CACHE=/tmp/fused_case.npz \
         OUT="$RES/fused_tune2" bash benchmarks/fused_tune.sh
     best=$(python benchmarks/fused_pick.py "$RES/fused_tune2/log.txt" 2>&1); echo "picked: $best" | tee "$RES/fused_best/picked.txt"
     case $best in HASHBENCH_FUSED_*) export $best ;; *) echo "no pick: the defaults" ;; esac
     stage fused_best "$(cap 90 40)" bash -c 'timeout 60 python benchmarks/bench_eval.py --device cuda --ref-queries 20 \
-        --skip-small; timeout 40 python benchmarks/bench_eval.py --device cuda --only-huge --ref-queries 3'
+        --skip-small; [ "${HUGE:-1}" = 0 ] || timeout 40 python benchmarks/bench_eval.py --device cuda --only-huge --ref-queries 3'
     stage fused_check "$(cap 30 20)" python benchmarks/bench_eval.py --device cuda --check
     stage fused_profile2 "$(cap 40 5)" python benchmarks/fused_profile.py --device cuda --cache /tmp/fused_case.npz
     save F

@@ -61,17 +61,20 @@ def _tunable(name: str, default: int, power_of_2: bool = True) -> int:
     return v
 
 
+# Defaults: the fastest of 48 settings timed on one H100 (10k x 1M, 64 bits, mAP@1000; benchmarks/fused_tune.sh
+# grids 1-3, session 7: benchmarks/results/2026-12-06/gpu/session7/fused_h100.md). Small query blocks win:
+# more programs, and fewer registers per thread for the (BN, BQ) tile.
 #: histogram tile: queries per program, database items per step (HASHBENCH_FUSED_BQ / _BN)
-BQ, BN = _tunable("BQ", 32), _tunable("BN", 256)
+BQ, BN = _tunable("BQ", 8), _tunable("BN", 256)
 #: warps per program (histogram kernel)
 WARPS = _tunable("WARPS", 8)
-#: the top-k list kernel's own tile and warps (HASHBENCH_FUSED_LIST_BQ / _LIST_BN / _LIST_WARPS; default: the
-#: histogram's): it does more per taken pair (a slot from an atomic counter, a key store)
-LIST_BQ, LIST_BN, LIST_WARPS = _tunable("LIST_BQ", BQ), _tunable("LIST_BN", BN), _tunable("LIST_WARPS", WARPS)
+#: the top-k list kernel's own tile and warps (HASHBENCH_FUSED_LIST_BQ / _LIST_BN / _LIST_WARPS): it does
+#: more per taken pair (a slot from an atomic counter, a key store)
+LIST_BQ, LIST_BN, LIST_WARPS = _tunable("LIST_BQ", 4), _tunable("LIST_BN", 256), _tunable("LIST_WARPS", 2)
 #: database items whose histogram estimates the per-query threshold at cut-offs k < N
 SAMPLE = _tunable("SAMPLE", 8192, power_of_2=False)
 #: items per program along the database (rounded down to a multiple of the tile's BN)
-CHUNK = _tunable("CHUNK", 1 << 16, power_of_2=False)
+CHUNK = _tunable("CHUNK", 1 << 14, power_of_2=False)
 #: opt-in (HASHBENCH_FUSED_ONEPASS=1): top-k lists straight at the sample's threshold, without the exact
 #: counting pass; rows get ROOM times the sample's estimate of their length (HASHBENCH_FUSED_ROOM)
 ONEPASS = _env("HASHBENCH_FUSED_ONEPASS", "0") == "1"
