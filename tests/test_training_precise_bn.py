@@ -139,7 +139,7 @@ def _plateau(lr=0.1):
 def test_plateau_on_the_training_loss_divides_the_lr_after_patience_epochs_without_a_lower_loss():
     losses = [1.0, 0.9, 0.9, 0.95, 0.92, 0.5]
     opt, sched = _plateau()
-    orient_plateau(sched, "train_loss")
+    sched = orient_plateau(sched, "train_loss")
     lrs = []
     for loss in losses:
         step_scheduler(sched, "train_loss", val_map=0.5, train_loss=loss)   # the val mAP is not used
@@ -148,7 +148,7 @@ def test_plateau_on_the_training_loss_divides_the_lr_after_patience_epochs_witho
     assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.01, 0.01])
     # the same numbers as a val mAP (mode max): 1.0 is the best, the next three are worse
     opt, sched = _plateau()
-    orient_plateau(sched, "val_map")
+    assert orient_plateau(sched, "val_map") is sched      # already mode max: kept as it is
     lrs = []
     for v in losses:
         step_scheduler(sched, "val_map", val_map=v, train_loss=0.0)
@@ -156,10 +156,83 @@ def test_plateau_on_the_training_loss_divides_the_lr_after_patience_epochs_witho
     assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.01])
 
 
+def _two_group_plateau():
+    """Two parameter groups (lr 0.2 and 0.02), mode max as the methods build it, and every setting
+    away from torch's defaults so that a rebuild that dropped one would show."""
+    opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr": 0.2},
+                           {"params": [nn.Parameter(torch.zeros(1))], "lr": 0.02}])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="max", factor=0.5, patience=1, threshold=0.01, threshold_mode="abs", cooldown=2,
+        min_lr=[0.08, 0.0], eps=1e-6)
+    return opt, sched
+
+
+# By hand, mode min, abs threshold 0.01, patience 1, cooldown 2, factor 0.5, min_lr [0.08, 0]:
+#   1 1.0   best 1.0                                     lr [0.2, 0.02]
+#   2 0.9   0.9 < 1.0 - 0.01: best 0.9                   lr [0.2, 0.02]
+#   3 0.95  not < 0.89: 1 bad (not > patience 1)         lr [0.2, 0.02]
+#   4 0.96  2 bad > 1: halve, cooldown 2, bad 0          lr [0.1, 0.01]
+#   5 0.97  bad, but cooldown (2 -> 1) zeroes it         lr [0.1, 0.01]
+#   6 0.98  bad, but cooldown (1 -> 0) zeroes it         lr [0.1, 0.01]
+#   7 0.99  1 bad                                        lr [0.1, 0.01]
+#   8 0.891 not < 0.89 (abs threshold): 2 bad > 1:
+#           0.1 * 0.5 = 0.05 -> min_lr 0.08; 0.005       lr [0.08, 0.005]
+PLATEAU_LOSSES = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99, 0.891]
+PLATEAU_LRS = [[0.2, 0.02]] * 3 + [[0.1, 0.01]] * 4 + [[0.08, 0.005]]
+
+
+def _step_losses(opt, sched, losses):
+    lrs = []
+    for loss in losses:
+        step_scheduler(sched, "train_loss", val_map=0.0, train_loss=loss)
+        lrs.append([g["lr"] for g in opt.param_groups])
+    return lrs
+
+
+def test_orienting_a_plateau_for_the_training_loss_keeps_its_settings_and_the_learning_rates():
+    opt, built = _two_group_plateau()
+    sched = orient_plateau(built, "train_loss")
+    assert isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) and sched.optimizer is opt
+    assert sched.mode == "min" and built.mode == "max"
+    assert (sched.factor, sched.patience, sched.threshold, sched.threshold_mode, sched.cooldown,
+            sched.min_lrs, sched.eps) == (0.5, 1, 0.01, "abs", 2, [0.08, 0.0], 1e-6)
+    assert [g["lr"] for g in opt.param_groups] == [0.2, 0.02]
+    np.testing.assert_allclose(_step_losses(opt, sched, PLATEAU_LOSSES), PLATEAU_LRS)
+
+
+def test_an_oriented_plateau_restores_from_its_state_dict_and_goes_on_where_it_was():
+    # as the loop does on a resume: build, orient, then load the saved optimizer and scheduler states
+    opt, sched = _two_group_plateau()
+    sched = orient_plateau(sched, "train_loss")
+    np.testing.assert_allclose(_step_losses(opt, sched, PLATEAU_LOSSES[:5]), PLATEAU_LRS[:5])
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    opt2, sched2 = _two_group_plateau()
+    sched2 = orient_plateau(sched2, "train_loss")
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    assert sched2.mode == "min" and sched2.best == 0.9 and sched2.cooldown_counter == 1
+    np.testing.assert_allclose(_step_losses(opt2, sched2, PLATEAU_LOSSES[5:]), PLATEAU_LRS[5:])
+
+
+def test_a_plateau_subclass_is_rebuilt_as_itself_or_named_when_it_cannot_be():
+    opt, _ = _two_group_plateau()
+    rebuilt = orient_plateau(Recording(opt, mode="max", patience=3), "train_loss")
+    assert type(rebuilt) is Recording and (rebuilt.mode, rebuilt.patience) == ("min", 3)
+
+    class Fixed(torch.optim.lr_scheduler.ReduceLROnPlateau):
+        def __init__(self, optimizer):
+            super().__init__(optimizer, mode="max")
+
+    with pytest.raises(HashbenchError, match="plateau_on 'train_loss' needs a Fixed with mode 'min', built with "
+                                             "mode 'max': rebuilding it failed .*build it with mode='min'"):
+        orient_plateau(Fixed(opt), "train_loss")
+
+
 def test_non_plateau_schedulers_step_without_a_metric():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    orient_plateau(sched, "train_loss")
+    assert orient_plateau(sched, "train_loss") is sched
+    assert orient_plateau(None, "train_loss") is None
     opt.step()
     step_scheduler(sched, "train_loss", val_map=0.3, train_loss=0.7)
     assert opt.param_groups[0]["lr"] == 0.5

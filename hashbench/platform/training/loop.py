@@ -328,7 +328,7 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     loss_fn = method.build_loss(ctx, hp).to(device)
     optimizer = method.build_optimizer(model.parameters(), hp)
     scheduler = method.build_scheduler(optimizer, hp) if method.build_scheduler else None
-    orient_plateau(scheduler, cfg.plateau_on)  # max for the val mAP, min for the training loss
+    scheduler = orient_plateau(scheduler, cfg.plateau_on)  # max for the val mAP, min for the training loss
     _sync(device)
     ph["build_s"] = time.perf_counter() - t_ph
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from hashbench.platform.errors import HashbenchError
 from hashbench.platform.registry import PLATEAU_ON
 
 #: the direction in which each quantity improves
@@ -22,16 +23,28 @@ def is_plateau(scheduler) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
-def orient_plateau(scheduler, on: str) -> None:
-    """Point a freshly built ``ReduceLROnPlateau`` at ``on``: its mode becomes ``PLATEAU_MODES[on]``
-    (threshold and threshold mode kept); its best value and bad-epoch count start afresh. Other
-    schedulers are left alone."""
+def orient_plateau(scheduler, on: str):
+    """The scheduler to use for ``on``. A freshly built ``ReduceLROnPlateau`` whose mode is not
+    ``PLATEAU_MODES[on]`` is replaced by a new one of the same class on the same optimizer, with that
+    mode and the same factor, patience, threshold, threshold mode, cooldown, minimum learning rates and
+    eps (best value and bad-epoch count start afresh; the optimizer's learning rates are not touched),
+    so a subclass must take ``ReduceLROnPlateau``'s arguments. Any other scheduler, or ``None``, is
+    returned as it is. Call it before loading a saved ``state_dict``."""
     if not is_plateau(scheduler):
-        return
+        return scheduler
     mode = PLATEAU_MODES[on]
-    if scheduler.mode != mode:
-        scheduler._init_is_better(mode=mode, threshold=scheduler.threshold, threshold_mode=scheduler.threshold_mode)
-        scheduler._reset()
+    if scheduler.mode == mode:
+        return scheduler
+    cls = type(scheduler)
+    try:
+        return cls(scheduler.optimizer, mode=mode, factor=scheduler.factor, patience=scheduler.patience,
+                   threshold=scheduler.threshold, threshold_mode=scheduler.threshold_mode,
+                   cooldown=scheduler.cooldown, min_lr=list(scheduler.min_lrs), eps=scheduler.eps)
+    except TypeError as err:
+        raise HashbenchError(
+            f"plateau_on {on!r} needs a {cls.__name__} with mode {mode!r}, built with mode {scheduler.mode!r}: "
+            f"rebuilding it failed ({err}); build it with mode={mode!r} or give {cls.__name__} "
+            f"ReduceLROnPlateau's constructor arguments") from err
 
 
 def step_scheduler(scheduler, on: str, val_map: float, train_loss: float) -> None:
