@@ -195,6 +195,23 @@ def test_cli_check_only(tmp_path, capsys):
     assert "2 studies, 6 trials" in capsys.readouterr().out
 
 
+def test_cli_set_is_parsed_once_and_a_malformed_item_is_refused_before_the_config(tmp_path, capsys, monkeypatch):
+    from hashbench.platform.cli import train_cmd
+
+    calls = []
+    real = train_cmd.parse_pairs
+    monkeypatch.setattr(train_cmd, "parse_pairs", lambda items, flag: calls.append((list(items), flag))
+                        or real(items, flag))
+    cfg = _write(tmp_path, GOOD)
+    # GOOD: 2 studies (bits 16, 32) of 3 trials; --set trials=2 bits=16 -> 1 study, 2 trials
+    assert main(["sweep", str(cfg), "--check", "--set", "trials=2", "--set", "bits=16"]) == 0
+    assert "1 studies, 2 trials" in capsys.readouterr().out
+    assert calls == [(["trials=2", "bits=16"], "--set")]
+    # a malformed item: its one error line, before the (missing) config is read
+    assert main(["sweep", str(tmp_path / "nope.yaml"), "--check", "--set", "trials"]) == 2
+    assert capsys.readouterr().err == "hashbench sweep: error: --set 'trials': expected KEY=VALUE\n"
+
+
 def test_cluster_yaml_follows_the_ray_launcher_schema():
     import json
     import os

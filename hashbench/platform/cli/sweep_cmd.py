@@ -36,10 +36,11 @@ def run(args) -> int:
         raise HashbenchError(f"--seeds must be >= 0, got {args.seeds}")
     from hashbench.platform.cli.train_cmd import parse_pairs
 
+    pairs = parse_pairs(args.overrides, "--set")
     # --set datasets=D replaces every study's dataset and checks the new ones, so the config's own
     # stores need not exist (a paper config checked on a small sample of its data)
-    cfg = load_config(args.config, check_data="datasets" not in parse_pairs(args.overrides, "--set"))
-    cfg = _overrides(cfg, args)
+    cfg = load_config(args.config, check_data="datasets" not in pairs)
+    cfg = _overrides(cfg, args, pairs)
     print(f"sweep {cfg.name!r}: {len(cfg.studies)} studies, {cfg.total_trials} trials "
           f"({', '.join(s.key for s in cfg.studies[:6])}{', ...' if len(cfg.studies) > 6 else ''})", flush=True)
     if args.check:
@@ -66,13 +67,14 @@ def _emit(line: str) -> None:
     print(line, flush=True)
 
 
-def _overrides(cfg, args):
+def _overrides(cfg, args, pairs: dict):
+    """``cfg`` with the command line's overrides: ``pairs`` (the parsed ``--set`` items), then
+    ``--name``, ``--gpus-per-worker`` and ``--mps``."""
     import dataclasses
 
-    from hashbench.platform.cli.train_cmd import parse_pairs
     from hashbench.platform.sweep.config import apply_overrides
 
-    cfg = apply_overrides(cfg, parse_pairs(getattr(args, "overrides", []), "--set"))
+    cfg = apply_overrides(cfg, pairs)
 
     from hashbench.platform.errors import HashbenchError
     from hashbench.platform.sweep.config import _NAME
