@@ -7,6 +7,8 @@ import pytest
 from PIL import Image
 
 from hashbench.platform.cli import main
+from hashbench.platform.data import Options, prepare
+from hashbench.platform.errors import HashbenchError
 
 
 def save(path, arr):
@@ -198,13 +200,34 @@ def test_name_exists_without_overwrite(tmp_path, data_home, capsys):
     assert main(args) == 0
     before = (data_home / "t" / "meta.json").read_text()
     assert main(args) == 2
-    err = capsys.readouterr().err
-    assert f"{data_home / 't'}: a dataset named 't' already exists; pass --overwrite" in err
+    err = capsys.readouterr().err   # the CLI names its flag ...
+    assert err == f"hashbench data: error: {data_home / 't'}: a dataset named 't' already exists; pass --overwrite " \
+                  f"to replace it\n"
+    with pytest.raises(HashbenchError) as exc:   # ... the Python function its keyword
+        prepare("t", src, "folder", options=Options(size=8, ratios=(0.25, 0.25, 0.5)))
+    assert str(exc.value) == f"{data_home / 't'}: a dataset named 't' already exists; pass overwrite=True " \
+                             f"to replace it"
     assert (data_home / "t" / "meta.json").read_text() == before
     assert main(args + ["--overwrite", "--size", "4"]) == 0
     assert sorted(p.name for p in data_home.iterdir()) == ["t"]
     from hashbench.platform.data import load_dataset
     assert load_dataset("t").image_size == 4
+
+
+def test_cli_names_its_flag_when_the_store_appears_while_writing(tmp_path, data_home, capsys, monkeypatch):
+    """The store appears between the CLI's check and the write (write_store's own check): still --overwrite."""
+    src = classes_folder(tmp_path / "src")
+    real_save = np.save
+
+    def save_and_race(path, arr, **kw):
+        (data_home / "t").mkdir(exist_ok=True)
+        real_save(path, arr, **kw)
+
+    monkeypatch.setattr(np, "save", save_and_race)
+    assert main(["data", "prepare", "t", "--format", "folder", "--source", str(src), "--size", "8",
+                 "--split", "0.25,0.25,0.5"]) == 2
+    assert capsys.readouterr().err == (f"hashbench data: error: {data_home / 't'}: a dataset named 't' already "
+                                       f"exists; pass --overwrite to replace it\n")
 
 
 # ---- issue 17: bad inputs that gave a traceback (exit 1) or were taken silently (exit 0) -------------

@@ -66,11 +66,27 @@ def test_fingerprint_is_content_hash(tmp_path):
     assert c.fingerprint != a.fingerprint
 
 
+def test_a_store_that_appears_while_writing_is_not_replaced(tmp_path, monkeypatch):
+    images, labels, split = toy()
+    real_save = np.save
+
+    def save_and_race(path, arr, **kw):   # another writer finishes "s" while this one writes
+        (tmp_path / "s").mkdir(exist_ok=True)
+        real_save(path, arr, **kw)
+
+    monkeypatch.setattr(np, "save", save_and_race)
+    with pytest.raises(HashbenchError) as exc:
+        write_store(tmp_path / "s", images, labels, split, class_names=["a", "b", "c"], name="toy")
+    assert str(exc.value) == f"{tmp_path / 's'}: a dataset named 'toy' already exists; pass overwrite=True to replace it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"] and not any((tmp_path / "s").iterdir())
+
+
 def test_exists_overwrite_and_no_leftovers(tmp_path):
     images, labels, split = toy()
     write_store(tmp_path / "s", images, labels, split, class_names=["a", "b", "c"])
-    with pytest.raises(HashbenchError, match="already exists; pass --overwrite"):
+    with pytest.raises(HashbenchError) as exc:   # the Python keyword, not the CLI's --overwrite
         write_store(tmp_path / "s", images, labels, split, class_names=["a", "b", "c"])
+    assert str(exc.value) == f"{tmp_path / 's'}: a dataset named 's' already exists; pass overwrite=True to replace it"
     new = write_store(tmp_path / "s", images[::-1].copy(), labels, split, class_names=["a", "b", "c"],
                       overwrite=True)
     np.testing.assert_array_equal(load_dataset(tmp_path / "s").images, images[::-1])

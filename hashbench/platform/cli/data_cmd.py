@@ -114,6 +114,7 @@ def run_list(args) -> int:
 
 def run_prepare(args) -> int:
     from hashbench.platform.data import Options, prepare
+    from hashbench.platform.data.store import StoreExistsError
     from hashbench.platform.errors import HashbenchError
 
     try:
@@ -131,9 +132,12 @@ def run_prepare(args) -> int:
                    group_column=args.group_column,
                    split_column=args.split_column)
     t0 = time.perf_counter()
-    ds = prepare(args.name, args.source, args.format, options=opts, out=args.out,
-                 overwrite=args.overwrite, license=args.license, attribution=args.attribution,
-                 recipe=args.recipe)
+    try:
+        ds = prepare(args.name, args.source, args.format, options=opts, out=args.out,
+                     overwrite=args.overwrite, license=args.license, attribution=args.attribution,
+                     recipe=args.recipe)
+    except StoreExistsError as exc:  # its hint is the Python keyword; here it is the flag
+        raise StoreExistsError(exc.dest, exc.name, hint="--overwrite") from None
     seconds = time.perf_counter() - t0
     if args.json:
         print(json.dumps({**ds.meta, "path": str(ds.path), "seconds": round(seconds, 3)}, indent=2))

@@ -11,7 +11,7 @@ from pathlib import Path
 from hashbench.platform.data.base import MASK_VALUES, Loaded, Options
 from hashbench.platform.data.images import FITS, check_size
 from hashbench.platform.data.split import check_ratios, resolve_split
-from hashbench.platform.data.store import BUILTIN_ROOT, PreparedDataset, data_root, write_store
+from hashbench.platform.data.store import BUILTIN_ROOT, PreparedDataset, StoreExistsError, data_root, write_store
 from hashbench.platform.errors import HashbenchError
 
 FORMATS = {"medmnist": "medmnist", "folder": "folder", "csv": "csv_manifest", "points": "points",
@@ -114,8 +114,7 @@ def prepare(name: str, source: str | Path, format: str | None = None, *,
     opts.ratios = check_ratios(opts.ratios)
     dest = Path(out).expanduser() if out is not None else store_path(name)
     if dest.exists() and not overwrite:
-        raise HashbenchError(f"{dest}: a dataset named {name!r} already exists; pass --overwrite "
-                             f"to replace it")
+        raise StoreExistsError(dest, name)
     if not source.exists():
         raise HashbenchError(f"{source}: source not found")
     missing_dirs = check_destination(dest, "--out" if out is not None else "data directory ($HASHBENCH_DATA)")

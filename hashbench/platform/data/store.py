@@ -30,6 +30,15 @@ ARRAY_FILES = ("images", "labels", "split", "masks", "groups")
 BUILTIN_ROOT = Path(__file__).resolve().parents[2] / "data" / "builtin"
 
 
+class StoreExistsError(HashbenchError):
+    """``dest`` already holds a store and ``overwrite`` is false. ``hint`` is how the caller asks for
+    a replacement: ``overwrite=True`` in Python; the CLI re-raises it with ``--overwrite``."""
+
+    def __init__(self, dest: Path, name: str, hint: str = "overwrite=True"):
+        self.dest, self.name = dest, name
+        super().__init__(f"{dest}: a dataset named {name!r} already exists; pass {hint} to replace it")
+
+
 def data_root() -> Path:
     """Where prepared stores live: ``$HASHBENCH_DATA``, else ``~/.cache/hashbench/data``."""
     env = os.environ.get("HASHBENCH_DATA")
@@ -235,8 +244,7 @@ def write_store(dest: str | Path, images: np.ndarray, labels: np.ndarray, split:
     groups = None if groups is None else np.asarray(groups, dtype=np.int64)
     _validate(images, labels, split, masks, groups, class_names, mask_classes)
     if dest.exists() and not overwrite:
-        raise HashbenchError(f"{dest}: a dataset named {name!r} already exists; "
-                             f"pass --overwrite to replace it")
+        raise StoreExistsError(dest, name)
 
     arrays = {"images": images, "labels": labels, "split": split, "masks": masks, "groups": groups}
     meta = {
@@ -264,8 +272,7 @@ def write_store(dest: str | Path, images: np.ndarray, labels: np.ndarray, split:
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if dest.exists():
             if not overwrite:  # appeared while we were writing
-                raise HashbenchError(f"{dest}: a dataset named {name!r} already exists; "
-                                     f"pass --overwrite to replace it")
+                raise StoreExistsError(dest, name)
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             os.replace(dest, old / "store")
         os.replace(tmp, dest)
