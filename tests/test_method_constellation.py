@@ -1,4 +1,4 @@
-"""Constellation family: every loss vs a direct loop over its formula, hand values, PML where used."""
+"""Constellation family: every loss vs a direct loop over its formula, hand values, PML as a reference."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from hashbench.methods._embedding_net import EmbeddingNet, ResNet, load_weights
 from hashbench.methods.constellation import (ContrastiveLoss, NPairLoss, TripletLoss, constellation_loss,
-                                             contrastive_loss, npair_loss, npair_tuples, sample_constellations)
+                                             contrastive_loss, npair_loss, npair_tuples, sample_constellations,
+                                             triplet_loss)
 from hashbench.platform.errors import HashbenchError
 from hashbench.platform.registry import Batch, ModelContext, get_method
 
@@ -158,7 +159,7 @@ def test_batches_never_repeat_an_item_when_classes_are_tiny():
     assert len(set(plan.flatten().tolist())) == 12
 
 
-# ---------------------------------------------------------------- triplet (PML)
+# ---------------------------------------------------------------- triplet
 
 def _triplet_reference(f, targets, margin):
     terms = []
@@ -182,12 +183,95 @@ def test_triplet_hand_value():
     assert loss.item() == pytest.approx(0.95)
 
 
+def test_triplet_hand_value_and_gradient_in_one_dimension():
+    """x = 0, 1 (class 0) and 0.5, 3 (class 1), α = 0.5; term(a,p,n) = (x_a−x_p)² − (x_a−x_n)² + α.
+
+    (0,1,2): 1 − 0.25 + .5 = 1.25   (0,1,3): 1 − 9 + .5 < 0    (1,0,2): 1 − 0.25 + .5 = 1.25
+    (1,0,3): 1 − 4 + .5 < 0         (2,3,0): 6.25 − 0.25 + .5 = 6.5   (2,3,1): 6.25 − 0.25 + .5 = 6.5
+    (3,2,0): 6.25 − 9 + .5 < 0      (3,2,1): 6.25 − 4 + .5 = 2.75
+    N = 5 positive terms: L = (1.25 + 1.25 + 6.5 + 6.5 + 2.75) / 5 = 3.65.
+    dL/dx_0 = (2(x0−x1) − 2(x0−x2) [a of (0,1,2)] − 2(x1−x0) [p of (1,0,2)] + 2(x2−x0) [n of (2,3,0)]) / 5
+            = (−1 − 2 + 1) / 5 = −0.4; likewise dL/dx = (−0.4, 1.2, −3, 2.2) (sums to 0: a shift of all
+    points changes no distance).
+    """
+    f = torch.tensor([[0.0], [1.0], [0.5], [3.0]], dtype=torch.float64, requires_grad=True)
+    loss = triplet_loss(f, torch.tensor([0, 0, 1, 1]), 0.5)
+    loss.backward()
+    assert loss.item() == pytest.approx(3.65, abs=1e-12)
+    assert f.grad.flatten().tolist() == pytest.approx([-0.4, 1.2, -3.0, 2.2], abs=1e-12)
+
+
 @pytest.mark.parametrize("margin", [0.2, 1.0])
-def test_triplet_pml_matches_eq2_with_positive_loss_mining(margin):
+def test_triplet_matches_eq2_with_positive_loss_mining(margin):
     f = _emb(10, seed=2)
     targets = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
     loss = TripletLoss(margin)({"embedding": f}, _batch(targets))["loss"]
     assert loss.item() == pytest.approx(_triplet_reference(f, targets, margin), rel=1e-6)
+
+
+def _triplet_targets(kind, seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    if kind == "balanced":                                   # the sampler's batch 40 on 8 classes: 8 x 5
+        t = torch.arange(8).repeat_interleave(5)
+    elif kind == "unbalanced":                               # 40 items: 20 / 10 / 6 / 3 / 1
+        t = torch.tensor([0] * 20 + [1] * 10 + [2] * 6 + [3] * 3 + [4])
+    else:                                                    # small (cdist's direct path, < 25 rows): 12 items
+        t = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
+    return t[torch.randperm(len(t), generator=g)]
+
+
+def _triplet_both(f, targets, margin):
+    """(loss, gradient) of the native loss and of pytorch-metric-learning's TripletMarginLoss."""
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    from pytorch_metric_learning.distances import LpDistance
+
+    pml = pml_losses.TripletMarginLoss(margin=margin, distance=LpDistance(p=2, power=2, normalize_embeddings=False))
+    out = []
+    for fn in (lambda x: triplet_loss(x, targets, margin), lambda x: pml(x, targets)):
+        x = f.clone().requires_grad_()
+        loss = fn(x)
+        loss.backward()
+        out.append((loss.detach(), x.grad))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["balanced", "unbalanced", "small"])
+@pytest.mark.parametrize("margin", [0.05, 0.2, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_triplet_equals_pytorch_metric_learning(kind, margin, seed):
+    """The native loss is pml's TripletMarginLoss + LpDistance(p=2, power=2, unnormalised) + its default
+    AvgNonZeroReducer (the previous implementation): value and gradient, float32 as in training."""
+    targets = _triplet_targets(kind, seed)
+    f = F.normalize(torch.rand(len(targets), 32, generator=torch.Generator().manual_seed(seed)), dim=1)
+    (ours, g_ours), (ref, g_ref) = _triplet_both(f, targets, margin)
+    assert ours > 0 and ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(g_ours, g_ref, rtol=0, atol=1e-6) and g_ref.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("targets", [[0, 0, 0, 1, 1, 1, 2, 2], [4] * 8], ids=["all-satisfied", "one-class"])
+def test_triplet_without_positive_terms_is_zero_with_zero_gradient(targets):
+    """No positive term: well-separated classes at margin 0 (every d²_ap < d²_an), or a one-class batch
+    (no triplet at all). pml gives ``sum(embeddings * 0)``; the native loss 0 / max(N, 1)."""
+    targets = torch.tensor(targets)
+    g = torch.Generator().manual_seed(7)
+    f = F.one_hot(targets % 4, 4).float() + 0.01 * torch.rand(8, 4, generator=g)
+    (ours, g_ours), (ref, g_ref) = _triplet_both(f, targets, 0.0)
+    assert ours.item() == 0.0 and ref.item() == 0.0
+    assert torch.equal(g_ours, torch.zeros_like(f)) and torch.equal(g_ref, torch.zeros_like(f))
+
+
+def test_triplet_loss_traces_as_one_graph_without_host_syncs():
+    """The step may be a CUDA graph only if the loss has no data-dependent shape or host read
+    (``nonzero``, boolean indexing, ``.item()``, ``bool()``): TorchDynamo with ``fullgraph=True`` refuses
+    exactly those. pml's TripletMarginLoss (torch.where on the triplet mask, ``losses[losses > 0]``)
+    fails this check; the registration relies on it."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    fn = torch.compile(triplet_loss, backend="eager", fullgraph=True, dynamic=False)
+    f, targets = _emb(6, seed=3), torch.tensor([0, 0, 1, 1, 2, 2])
+    assert fn(f, targets, 0.2).item() == pytest.approx(_triplet_reference(f, targets, 0.2))
+    assert get_method("triplet").graph_safe(get_method("triplet").defaults())
 
 
 # ---------------------------------------------------------------- N-pair
@@ -229,8 +313,8 @@ def test_npair_matches_a_loop_over_eq3_with_several_tuples():
 
 
 def test_npair_matches_pytorch_metric_learning_on_one_tuple():
+    NPairsLoss = pytest.importorskip("pytorch_metric_learning.losses").NPairsLoss
     from pytorch_metric_learning.distances import DotProductSimilarity
-    from pytorch_metric_learning.losses import NPairsLoss
 
     targets = torch.tensor([3, 1, 0, 1, 2, 0, 3, 2])  # two samples per class: one N-pair tuple
     f = _emb(8, seed=4, normalize=False)
