@@ -35,12 +35,20 @@ def rows(lines):
 
 
 def pick(lines) -> dict:
-    """Every histogram and list tunable, explicit: the fastest rows' values, defaults where a row left one."""
+    """The fastest rows' tunables. A table of ``BASE=old`` (its header line says which; grids 1-3): every
+    histogram and list tunable, explicit, the old defaults where a row left one. ``BASE=now``: only what
+    the rows set (the rest stays at fused_triton's defaults), ``RECOUNT`` going with the histogram."""
+    lines = list(lines)
+    now = any("BASE=now" in line for line in lines if not line.startswith("|"))
     found = list(rows(lines))
     if not found:
         raise SystemExit("fused_pick: no measured row with the defaults' mAPs in the table")
     hist = min(found, key=lambda r: r[1])[0]
     lst = min(found, key=lambda r: r[2])[0]
+    if now:
+        out = {k: v for k, v in hist.items() if not k.startswith("LIST_")}
+        out.update({k: v for k, v in lst.items() if k.startswith("LIST_")})
+        return out
     out = {k: hist.get(k, v) for k, v in DEFAULTS.items()}
     out.update({f"LIST_{k}": lst.get(f"LIST_{k}", lst.get(k, DEFAULTS[k])) for k in LIST})
     return out

@@ -23,7 +23,8 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # the default); BASE=now leaves unset tunables at fused_triton's current defaults (picked from grid 3).
 # The histogram tile (BQ BN WARPS) decides the tie-aware time; the index time adds the top-k list
 # kernel (LIST_*). SET=1 (default) runs SETTINGS; SET=2 runs SETTINGS2 (session 7: around BQ=16), SET=3
-# SETTINGS3 (around BQ=8, the best of SET=2).
+# SETTINGS3 (around BQ=8, the best of SET=2), SET=4 SETTINGS4 (BASE=now: around the defaults picked from
+# grid 3, and the opt-in device-side re-count RECOUNT=device against the host check).
 SETTINGS="
 default
 onepass      ONEPASS=1
@@ -78,10 +79,25 @@ bq8l4w2      BQ=8 LIST_BQ=4 LIST_WARPS=2
 bq8l8w2      BQ=8 LIST_BQ=8 LIST_WARPS=2
 bq8l8w4b128  BQ=8 LIST_BQ=8 LIST_WARPS=4 LIST_BN=128
 "
+SETTINGS4="
+default
+recount_dev  RECOUNT=device
+bq4          BQ=4
+bq16         BQ=16
+w4           WARPS=4
+bn128        BN=128
+c8k          CHUNK=8192
+c64k         CHUNK=65536
+l2w2         LIST_BQ=2
+l8w2         LIST_BQ=8
+l4w1         LIST_WARPS=1
+l4w4         LIST_WARPS=4
+"
 [ "${SET:-1}" = 2 ] && SETTINGS=$SETTINGS2
 [ "${SET:-1}" = 3 ] && SETTINGS=$SETTINGS3
+if [ "${SET:-1}" = 4 ]; then SETTINGS=$SETTINGS4; BASE=${BASE:-now}; fi
 GRID=${GRID:-$(echo "$SETTINGS" | awk 'NF {print $1}')}
-echo "fused kernel settings, $DEVICE, $(date -u +%H:%M:%S) UTC; TOTAL_S=$TOTAL_S COMBO_S=$COMBO_S REPEAT=$REPEAT ARGS=$ARGS"
+echo "fused kernel settings, $DEVICE, $(date -u +%H:%M:%S) UTC; TOTAL_S=$TOTAL_S COMBO_S=$COMBO_S REPEAT=$REPEAT BASE=${BASE:-old} ARGS=$ARGS"
 echo "| setting (changed tunables) | tie-aware ms | index ms | pairs taken % (tie-aware full pass) | mAP tie-aware | mAP index | same mAP as default |"
 echo "|---|---|---|---|---|---|---|"
 start=$SECONDS

@@ -24,7 +24,9 @@
 #   carry [".gpudata/before"]                          bash benchmarks/gpu_session5.sh F
 #       (session 7, no bundle needed) issue 14's kernels before (git archive df5781e) / now, a second tile
 #       grid (fused_tune.sh SET=2), then the acceptance benchmark at the picked tunables (fused_pick.py);
-#       SET=3 HUGE=0 RESERVE_S=60 BUDGET=200: the third grid (around BQ=8), no before/now rows, no 100k x 10M
+#       SET=3 HUGE=0 RESERVE_S=80 BUDGET=230: the third grid (around BQ=8), no before/now rows, no 100k x 10M;
+#       SET=4 RESERVE_S=130 BUDGET=470 (next: on an H200): grid 4 around today's defaults and the opt-in
+#       device-side re-count (HASHBENCH_FUSED_RECOUNT=device), then the benchmark at its pick
 #   (no carry)                                         bash benchmarks/gpu_session5.sh D
 #       only if B's time ran out: resume both paper sweeps; the paper tables
 # Device calls that must not see uncommitted edits in the checkout run a snapshot of HEAD:

@@ -150,26 +150,66 @@ def test_bad_tunable_names_the_variable_and_what_is_valid(name, raw, why, monkey
     assert FT._tunable(name, 8) == 16
 
 
-def test_threshold_guess_too_low_is_recounted():
-    """The sampled items all sit at distance 0 of the query, the others far: the sample's level
-    (0) holds only 64 items, fewer than k, so the query must be recounted with every level."""
+@pytest.mark.parametrize("recount", ["host", "device"])
+def test_threshold_guess_too_low_is_recounted(recount, monkeypatch):
+    """The sampled items all sit at distance 8 of the queries, most others far from the first two: up
+    to the level their sample gives (8) those two find only 64 + 40 items, fewer than k, so they must
+    be recounted with every level. The third query (all ones) is near most unsampled items: its guess
+    (level 8) holds, and its counts stay those of the thresholded pass (exact up to its k-th distance;
+    the 40 items at distance >= 14 are not counted). HASHBENCH_FUSED_RECOUNT: the re-count after a host
+    check, or on the device without one (every query launched, the others taking nothing)."""
+    monkeypatch.setattr(FT, "RECOUNT", recount)
     rng = np.random.default_rng(5)
-    bits, n = 16, 640
-    q = np.zeros((2, bits), dtype=np.uint8)
+    bits, n, k = 16, 640, 200
+    q = np.zeros((3, bits), dtype=np.uint8)
+    q[2] = 1
     db = np.ones((n, bits), dtype=np.uint8)
     db[:, :2] = rng.integers(0, 2, (n, 2))
     sample = np.linspace(0, n - 1, FT.SAMPLE).round().astype(int)
     db[sample] = 0
+    db[sample, 8:] = 1                        # the sample: distance 8 of every query
+    far = np.setdiff1d(np.arange(n), sample)[:40]
+    db[far, 2:] = 0                           # near the first two queries (still short: 64 + 40 < k), far from the third
     dl = rng.integers(0, 3, n)
-    ql = np.array([0, 1])
+    ql = np.array([0, 1, 2])
     d, rel = reference(q, db, ql, dl)
     n_ref, r_ref = hist_ref(d, rel, bits)
     fh = FT.FusedHamming(t(db), t(dl))
-    n_k, r_k = fh.histograms(t(q), t(ql), k=200)
-    np.testing.assert_array_equal(n_k.cpu().numpy(), n_ref)         # recounted: every level exact
-    np.testing.assert_array_equal(r_k.cpu().numpy(), r_ref)
+    n_k, r_k = fh.histograms(t(q), t(ql), k=k)
+    np.testing.assert_array_equal(n_k[:2].cpu().numpy(), n_ref[:2])         # recounted: every level exact
+    np.testing.assert_array_equal(r_k[:2].cpu().numpy(), r_ref[:2])
+    kth = int((n_ref[2].cumsum() < k).sum())
+    np.testing.assert_array_equal(n_k[2, :kth + 1].cpu().numpy(), n_ref[2, :kth + 1])
+    np.testing.assert_array_equal(r_k[2, :kth + 1].cpu().numpy(), r_ref[2, :kth + 1])
+    assert int(n_k[2].sum()) < n                                            # not recounted: levels past its threshold are 0
     ids, _ = fh.ranking(t(q), 200)
     np.testing.assert_array_equal(ids.cpu().numpy(), np.argsort(d, axis=1, kind="stable")[:, :200])
+
+
+def test_queries_with_a_negative_threshold_take_nothing():
+    """thr < 0 for every query of a program: the kernel skips its tiles; the histogram stays 0 there,
+    and the queries beside them (thr >= 0, same launch) are counted in full."""
+    rng = np.random.default_rng(11)
+    bits, nq, n = 24, 19, 300
+    q, db = codes(rng, nq, bits), codes(rng, n, bits)
+    ql, dl = labels(rng, nq, n, False)
+    d, rel = reference(q, db, ql, dl)
+    n_ref, r_ref = hist_ref(d, rel, bits)
+    fh = FT.FusedHamming(t(db), t(dl))
+    on = np.arange(nq) % 3 == 0
+    thr = torch.where(t(on), bits, -1)
+    n_k, r_k = fh._launch_hist(FT._pack_words(t(q)), fh._query_labels(t(ql)), thr, fh.db_w, fh.db_l)
+    np.testing.assert_array_equal(n_k.cpu().numpy()[on], n_ref[on])
+    np.testing.assert_array_equal(r_k.cpu().numpy()[on], r_ref[on])
+    assert not n_k.cpu().numpy()[~on].any()
+
+
+def test_bad_recount_setting_is_named(monkeypatch):
+    monkeypatch.setenv("HASHBENCH_FUSED_RECOUNT", "gpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    spec = importlib.util.spec_from_file_location("ft_bad_recount", FT.__file__)
+    with pytest.raises(HashbenchError, match="HASHBENCH_FUSED_RECOUNT='gpu': expected 'host' or 'device'"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
 @pytest.mark.parametrize("room,bits,key64", [(2.0, 64, False), (2.0, 100, True), (0.0, 64, False)])

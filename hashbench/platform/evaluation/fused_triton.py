@@ -79,6 +79,13 @@ CHUNK = _tunable("CHUNK", 1 << 14, power_of_2=False)
 #: counting pass; rows get ROOM times the sample's estimate of their length (HASHBENCH_FUSED_ROOM)
 ONEPASS = _env("HASHBENCH_FUSED_ONEPASS", "0") == "1"
 ROOM = float(_env("HASHBENCH_FUSED_ROOM", 2.0))
+#: where the rows whose sample threshold fell short of k are counted again: "host" (default: a sync reads
+#: whether any is short, then only those rows are launched) or "device" (opt-in, HASHBENCH_FUSED_RECOUNT:
+#: no sync; a second launch over every query in which the rows that are not short take nothing and
+#: skip their tiles, so the host can queue the work after it while the full pass runs)
+RECOUNT = _env("HASHBENCH_FUSED_RECOUNT", "host")
+if RECOUNT not in ("host", "device"):
+    raise HashbenchError(f"HASHBENCH_FUSED_RECOUNT={RECOUNT!r}: expected 'host' or 'device'; unset it for 'host'")
 #: largest number of keys sorted at once in the top-k pass (queries x row length)
 SORT_BUDGET = 1 << 27
 #: top-k keys ``distance * N + index`` are int32 below this (the int32 maximum pads the rows)
@@ -96,6 +103,13 @@ def _popc(x, USE_POPC: tl.constexpr):
         u = (u + (u >> 4)) & 0x0F0F0F0F
         c = ((u * 0x01010101) >> 24).to(tl.int32)
     return c
+
+
+@triton.jit
+def _max_combine(a, b):
+    """tl.reduce's combine for a maximum (tl.max itself is a jit function of triton.language, which the
+    tests' interpreter cannot call when Triton was imported before TRITON_INTERPRET was set)."""
+    return tl.maximum(a, b)
 
 
 @triton.jit
@@ -137,22 +151,24 @@ def _hist_kernel(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, thr_ptr, hist_ptr, nq, N, TILE
                  W: tl.constexpr, LW: tl.constexpr, MULTI: tl.constexpr, HW: tl.constexpr,
                  BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr, REL: tl.constexpr):
     """``hist[i, 2 * d + rel] += 1`` for every item at distance ``d <= thr[i]`` of query ``i``
-    (``rel`` = 0 without ``REL``: item counts only)."""
+    (``rel`` = 0 without ``REL``: item counts only). A program whose queries all have ``thr < 0``
+    takes nothing and skips its tiles (the device-side re-count launches every query that way)."""
     rows = tl.program_id(0) * BQ + tl.arange(0, BQ)
     rmask = rows < nq
     thr = tl.load(thr_ptr + rows, mask=rmask, other=-1)
     base = rows * HW
     lo = tl.program_id(1) * (TILES * BN)
-    for i in range(TILES):           # a constexpr trip count: runtime bounds break the interpreter
-        cols = lo + i * BN + tl.arange(0, BN)
-        cmask = cols < N
-        d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
-        take = (d <= thr[None, :]) & cmask[:, None]
-        if REL:
-            key = base[None, :] + 2 * d + _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW, MULTI)
-        else:
-            key = base[None, :] + 2 * d
-        tl.atomic_add(hist_ptr + key, 1, mask=take, sem="relaxed")
+    if tl.reduce(thr, 0, _max_combine) >= 0:
+        for i in range(TILES):           # a constexpr trip count: runtime bounds break the interpreter
+            cols = lo + i * BN + tl.arange(0, BN)
+            cmask = cols < N
+            d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
+            take = (d <= thr[None, :]) & cmask[:, None]
+            if REL:
+                key = base[None, :] + 2 * d + _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW, MULTI)
+            else:
+                key = base[None, :] + 2 * d
+            tl.atomic_add(hist_ptr + key, 1, mask=take, sem="relaxed")
 
 
 @triton.jit(do_not_specialize=["nq", "L"])
@@ -288,6 +304,9 @@ class FusedHamming:
         _, thr = self._sample_level(qw, k, min_level)
         n, r = self._launch_hist(qw, qlw, thr, self.db_w, self.db_l, rel)
         short = n.sum(1) < k                                            # the guess was too low
+        if RECOUNT == "device":                                         # no host sync: see RECOUNT
+            n2, r2 = self._launch_hist(qw, qlw, torch.where(short, full, -1), self.db_w, self.db_l, rel)
+            return torch.where(short[:, None], n2, n), torch.where(short[:, None], r2, r)
         if bool(short.any()):
             rows = short.nonzero()[:, 0]
             n[rows], r[rows] = self._launch_hist(qw[:, rows].contiguous(), qlw[:, rows].contiguous(),
