@@ -146,29 +146,44 @@ def _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW: tl.constexpr
     return rel
 
 
+@triton.jit
+def _hist_tiles(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, hist_ptr, rows, rmask, thr, nq, N, TILES: tl.constexpr,
+                W: tl.constexpr, LW: tl.constexpr, MULTI: tl.constexpr, HW: tl.constexpr,
+                BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr, REL: tl.constexpr):
+    """The tiles of one program of :func:`_hist_kernel`."""
+    base = rows * HW
+    lo = tl.program_id(1) * (TILES * BN)
+    for i in range(TILES):           # a constexpr trip count: runtime bounds break the interpreter
+        cols = lo + i * BN + tl.arange(0, BN)
+        cmask = cols < N
+        d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
+        take = (d <= thr[None, :]) & cmask[:, None]
+        if REL:
+            key = base[None, :] + 2 * d + _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW, MULTI)
+        else:
+            key = base[None, :] + 2 * d
+        tl.atomic_add(hist_ptr + key, 1, mask=take, sem="relaxed")
+
+
 @triton.jit(do_not_specialize=["nq"])
 def _hist_kernel(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, thr_ptr, hist_ptr, nq, N, TILES: tl.constexpr,
                  W: tl.constexpr, LW: tl.constexpr, MULTI: tl.constexpr, HW: tl.constexpr,
-                 BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr, REL: tl.constexpr):
+                 BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr, REL: tl.constexpr,
+                 SKIP: tl.constexpr):
     """``hist[i, 2 * d + rel] += 1`` for every item at distance ``d <= thr[i]`` of query ``i``
-    (``rel`` = 0 without ``REL``: item counts only). A program whose queries all have ``thr < 0``
-    takes nothing and skips its tiles (the device-side re-count launches every query that way)."""
+    (``rel`` = 0 without ``REL``: item counts only). ``SKIP`` (the device-side re-count, where most
+    queries have ``thr < 0``): a program whose queries all take nothing skips its tiles; without it the
+    kernel is the one the tile grids timed."""
     rows = tl.program_id(0) * BQ + tl.arange(0, BQ)
     rmask = rows < nq
     thr = tl.load(thr_ptr + rows, mask=rmask, other=-1)
-    base = rows * HW
-    lo = tl.program_id(1) * (TILES * BN)
-    if tl.reduce(thr, 0, _max_combine) >= 0:
-        for i in range(TILES):           # a constexpr trip count: runtime bounds break the interpreter
-            cols = lo + i * BN + tl.arange(0, BN)
-            cmask = cols < N
-            d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, W, USE_POPC)
-            take = (d <= thr[None, :]) & cmask[:, None]
-            if REL:
-                key = base[None, :] + 2 * d + _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, LW, MULTI)
-            else:
-                key = base[None, :] + 2 * d
-            tl.atomic_add(hist_ptr + key, 1, mask=take, sem="relaxed")
+    if SKIP:
+        if tl.reduce(thr, 0, _max_combine) >= 0:
+            _hist_tiles(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, hist_ptr, rows, rmask, thr, nq, N, TILES, W, LW, MULTI,
+                        HW, BQ, BN, USE_POPC, REL)
+    else:
+        _hist_tiles(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, hist_ptr, rows, rmask, thr, nq, N, TILES, W, LW, MULTI,
+                    HW, BQ, BN, USE_POPC, REL)
 
 
 @triton.jit(do_not_specialize=["nq", "L"])
@@ -257,7 +272,7 @@ class FusedHamming:
         ids = torch.where(self.classes[pos] == ql, pos, -1)       # a class no item has: never relevant
         return ids.to(torch.int32).reshape(1, -1).contiguous()
 
-    def _launch_hist(self, qw, ql, thr, db_w, db_l, rel: bool = True):
+    def _launch_hist(self, qw, ql, thr, db_w, db_l, rel: bool = True, skip: bool = False):
         nq, n = qw.shape[1], db_w.shape[1]
         hw = 2 * (self.bits + 1)
         hist = torch.zeros(nq, hw, dtype=torch.int32, device=self.device)
@@ -266,7 +281,7 @@ class FusedHamming:
         with self._on_device():
             _hist_kernel[grid](qw, db_w, ql, db_l, thr.to(torch.int32).contiguous(), hist, nq, n, chunk // BN,
                                W=qw.shape[0], LW=ql.shape[0], MULTI=self.multi, HW=hw, BQ=BQ, BN=BN,
-                               USE_POPC=self.use_popc, REL=rel, num_warps=WARPS)
+                               USE_POPC=self.use_popc, REL=rel, SKIP=skip, num_warps=WARPS)
         h = hist.view(nq, self.bits + 1, 2).to(torch.int64)
         return h.sum(2), h[:, :, 1]
 
@@ -305,7 +320,7 @@ class FusedHamming:
         n, r = self._launch_hist(qw, qlw, thr, self.db_w, self.db_l, rel)
         short = n.sum(1) < k                                            # the guess was too low
         if RECOUNT == "device":                                         # no host sync: see RECOUNT
-            n2, r2 = self._launch_hist(qw, qlw, torch.where(short, full, -1), self.db_w, self.db_l, rel)
+            n2, r2 = self._launch_hist(qw, qlw, torch.where(short, full, -1), self.db_w, self.db_l, rel, skip=True)
             return torch.where(short[:, None], n2, n), torch.where(short[:, None], r2, r)
         if bool(short.any()):
             rows = short.nonzero()[:, 0]
