@@ -93,9 +93,12 @@ l8w2         LIST_BQ=8
 l4w1         LIST_WARPS=1
 l4w4         LIST_WARPS=4
 "
-[ "${SET:-1}" = 2 ] && SETTINGS=$SETTINGS2
-[ "${SET:-1}" = 3 ] && SETTINGS=$SETTINGS3
-if [ "${SET:-1}" = 4 ]; then SETTINGS=$SETTINGS4; BASE=${BASE:-now}; fi
+case ${SET:-1} in
+  1) ;;
+  2|3|4) sel=SETTINGS$SET; SETTINGS=${!sel} ;;
+  *) echo "fused_tune.sh: SET=$SET: expected 1, 2, 3 or 4" >&2; exit 2 ;;
+esac
+[ "${SET:-1}" = 4 ] && BASE=${BASE:-now}
 GRID=${GRID:-$(echo "$SETTINGS" | awk 'NF {print $1}')}
 echo "fused kernel settings, $DEVICE, $(date -u +%H:%M:%S) UTC; TOTAL_S=$TOTAL_S COMBO_S=$COMBO_S REPEAT=$REPEAT BASE=${BASE:-old} ARGS=$ARGS"
 echo "| setting (changed tunables) | tie-aware ms | index ms | pairs taken % (tie-aware full pass) | mAP tie-aware | mAP index | same mAP as default |"
