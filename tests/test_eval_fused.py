@@ -205,6 +205,19 @@ def test_queries_with_a_negative_threshold_take_nothing():
     assert not n_k.cpu().numpy()[~on].any()
 
 
+def test_bad_tunable_is_an_error_of_engine_auto_not_a_silent_fallback(monkeypatch):
+    """engine='auto' asks fused_engine.available(): a bad HASHBENCH_FUSED_* value raises there (the
+    variable named), instead of counting as 'no Triton' and quietly evaluating with the torch engine."""
+    name = "hashbench.platform.evaluation.fused_triton"
+    monkeypatch.setenv("HASHBENCH_FUSED_BQ", "3")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delitem(sys.modules, name, raising=False)       # both restored when the test ends
+    monkeypatch.delattr(importlib.import_module("hashbench.platform.evaluation"), "fused_triton", raising=False)
+    with pytest.raises(HashbenchError, match="HASHBENCH_FUSED_BQ='3': expected a power of 2"):
+        fused_engine.available(torch.device("cpu"))
+    assert name not in sys.modules                              # nothing half-imported left behind
+
+
 def test_bad_recount_setting_is_named(monkeypatch):
     monkeypatch.setenv("HASHBENCH_FUSED_RECOUNT", "gpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -17,6 +17,7 @@ import torch
 
 from hashbench.platform.evaluation.engines import TorchEngine, hamming_histograms
 from hashbench.platform.evaluation.inputs import Prepared
+from hashbench.platform.errors import HashbenchError
 
 F64 = torch.float64
 #: the last kernel failure of this process (None: none), for diagnostics (benchmarks print it)
@@ -27,6 +28,8 @@ def available(device: torch.device) -> bool:
     """Whether the fused kernels can run on ``device``: Triton importable and CUDA (or the interpreter)."""
     try:
         from hashbench.platform.evaluation import fused_triton
+    except HashbenchError:  # a bad HASHBENCH_FUSED_* setting: said, not hidden behind the torch engine
+        raise
     except Exception:  # noqa: BLE001 - no (or a broken) Triton: the torch engine
         return False
     return device.type == "cuda" or fused_triton.INTERPRET
