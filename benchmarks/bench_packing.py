@@ -107,9 +107,18 @@ def report(rows: list, phases: list) -> None:
     print()
     print("| GPU per trial | method | trials | trial wall s | " + " | ".join(PHASES) + " |")
     print("|---|---|---|---|" + "---|" * len(PHASES))
-    for share, method, n, wall, meds in phases:
+    for share, method, n, wall, meds, _ in phases:
         cells = " | ".join("-" if v is None else f"{v:.2f}" for v in meds)
         print(f"| {share} | {method} | {n} | {wall:.1f} | {cells} |")
+    print()
+    print("Per epoch (medians over the trials, s): epoch 0 pays cuDNN autotuning, warm-up and the CUDA-graph "
+          "capture; graph = epochs whose step ran as a CUDA graph / all epochs; threads = torch threads")
+    print()
+    print("| GPU per trial | method | epoch 0 train s | later epochs train s | graph | capture s | threads |")
+    print("|---|---|---|---|---|---|---|")
+    for share, method, _, _, _, ep in phases:
+        cells = " | ".join("-" if v is None else (v if isinstance(v, str) else f"{v:.3f}") for v in ep)
+        print(f"| {share} | {method} | {cells} |")
 
 
 #: metrics.json timings: data load (0 when cached), model build, epochs, validation, final test phase, files, all
@@ -126,18 +135,31 @@ def method_phases(rows: list) -> list:
     out = []
     for method in sorted(trials):
         walls, timings = [], {k: [] for k in PHASES}
+        ep0, later, graphs, captures, threads = [], [], [], [], set()
         for r in trials[method].values():
             walls.append(_ts(r["finished_at"]) - _ts(r["started_at"]))
             try:
                 with open(os.path.join(r["run_dir"], "metrics.json")) as f:
-                    t = json.load(f).get("timings") or {}
+                    m = json.load(f)
             except (OSError, ValueError, TypeError):
-                t = {}
+                m = {}
+            t = m.get("timings") or {}
             for k in PHASES:
                 if isinstance(t.get(k), (int, float)):
                     timings[k].append(float(t[k]))
+            hist = [h for h in (m.get("history") or []) if isinstance(h, dict)]
+            if hist:
+                ep0.append(float(hist[0].get("train_s", 0.0)))
+                later.extend(float(h.get("train_s", 0.0)) for h in hist[1:])
+                graphs.extend(bool(h.get("cuda_graph")) for h in hist)
+                threads.update(h.get("torch_threads") for h in hist)
+            if isinstance(t.get("graph_capture_s"), (int, float)):
+                captures.append(float(t["graph_capture_s"]))
+        epochs = [median(ep0) if ep0 else None, median(later) if later else None,
+                  f"{sum(graphs)}/{len(graphs)}" if graphs else None, median(captures) if captures else None,
+                  ",".join(str(x) for x in sorted(threads, key=str)) or None]
         out.append((method, len(walls), median(walls),
-                    [median(v) if v else None for v in (timings[k] for k in PHASES)]))
+                    [median(v) if v else None for v in (timings[k] for k in PHASES)], epochs))
     return out
 
 

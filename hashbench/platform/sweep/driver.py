@@ -222,11 +222,35 @@ def _trial(hp: dict, *, cfg: SweepConfig, studies: dict, default_key: Optional[s
                 "phase_config_s": config_s, "t_enter": t_enter}
 
     if tcfg.workers == 1:
-        fit(tcfg, TuneSession(tcfg.device, checkpoint_interval_s=cfg.checkpoint_interval_s, on_result=write_rows))
+        session = TuneSession(tcfg.device, checkpoint_interval_s=cfg.checkpoint_interval_s, on_result=write_rows)
+        on_trial_thread(lambda: fit(tcfg, session))
     else:
         from hashbench.platform.sweep.session import tune_report_callback
 
         write_rows(run_training(tcfg, callbacks=[tune_report_callback()]))
+
+
+_TRIAL_THREAD = None
+
+
+def on_trial_thread(fn: Callable):
+    """``fn()`` on this process's one long-lived trial thread; its result, or its exception re-raised.
+
+    Tune runs every trial of a reused trial process (``reuse_actors=True``) on a new thread, and
+    PyTorch keeps per-thread state that is slow to rebuild: cuDNN's autotuning results
+    (``torch.backends.cudnn.benchmark``: the cuDNN v8 API's benchmark cache is ``thread_local``) and
+    the cuBLAS / cuDNN handles and workspaces. On a fresh thread every trial autotuned every
+    convolution of its model again (on an H100: drh-nq's first epoch 7.8 s against 0.21 s for the
+    others; docs/sweeps.md, "Trial processes"). Running the fit on the same thread in every trial of
+    the process keeps that state. Tune's session is process-wide, so ``ray.tune.report`` works from
+    this thread; a stop (``SystemExit`` from ``report``) reaches Tune's thread through ``result()``.
+    """
+    global _TRIAL_THREAD
+    if _TRIAL_THREAD is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _TRIAL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hashbench-trial")
+    return _TRIAL_THREAD.submit(fn).result()
 
 
 def final_metrics(result) -> dict:

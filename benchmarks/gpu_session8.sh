@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Session 8's GPU measurements (issue 13: why drh-nq trains slowly when 8 trials share a GPU).
+#   (no carry)  bash benchmarks/gpu_session8.sh G
+#       step_profile.py on one process (drh-nq with the CUDA graph, drh-nq eager, dch), then 8 processes
+#       at once (benchmarks/step_profile_concurrent.sh) with and without MPS; no Ray needed
+#   carry [".gpu"]  bash benchmarks/gpu_session8.sh P
+#       the packed sweep again (bench_packing.py, configs/gpu_packing.yaml) after the fix, under --mps
+set -uo pipefail
+. benchmarks/gpu_common.sh
+STAGE_TAIL=${STAGE_TAIL:-45}
+CALL=${1:?G or P}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+case $CALL in
+  G)
+    stage one_drhnq 90 python benchmarks/step_profile.py --device cuda --epochs 4
+    stage one_drhnq_eager 70 python benchmarks/step_profile.py --device cuda --epochs 3 --no-graph --no-profiler
+    stage one_dch 70 python benchmarks/step_profile.py --device cuda --epochs 4 --method dch
+    stage conc_drhnq_mps 110 env PROCS=8 MPS=1 OUT="$RES/conc_drhnq_mps" bash benchmarks/step_profile_concurrent.sh --epochs 5
+    stage conc_drhnq 110 env PROCS=8 MPS=0 OUT="$RES/conc_drhnq" bash benchmarks/step_profile_concurrent.sh --epochs 5
+    stage conc_dch_mps "$(( $(left) - 5 ))" env PROCS=8 MPS=1 OUT="$RES/conc_dch_mps" bash benchmarks/step_profile_concurrent.sh --epochs 5 --method dch
+    save G
+    ;;
+  P)
+    mkdir -p .site/bin && tar -xJf .gpu/bundle.tar.xz -C .site \
+      && printf '#!/bin/sh\nexec python -m hashbench "$@"\n' > .site/bin/hashbench && chmod +x .site/bin/hashbench
+    [ "${TRIAL:-1}" = 1 ] && stage trial_drhnq 90 python benchmarks/bench_trial.py --device cuda --method drh-nq \
+        --trials 3 --epochs 5 --out /tmp/bench_trial
+    stage packing "$(( $(left) - 15 ))" python benchmarks/bench_packing.py --shares ${SHARES:-0.125,1} --mps --tag=-s8 --gpu-util
+    mkdir -p "$RES/metrics" && for f in runs/gpu-packing/runs/*/metrics.json; do
+      cp "$f" "$RES/metrics/$(basename "$(dirname "$f")").json"; done 2>/dev/null
+    save P
+    ;;
+  *) echo "unknown call $CALL" >&2; exit 2 ;;
+esac
+ls -la "$OUT"
