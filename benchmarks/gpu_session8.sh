@@ -3,8 +3,10 @@
 #   (no carry)  bash benchmarks/gpu_session8.sh G
 #       step_profile.py on one process (drh-nq with the CUDA graph, drh-nq eager, dch), then 8 processes
 #       at once (benchmarks/step_profile_concurrent.sh) with and without MPS; no Ray needed
-#   carry [".gpu"]  bash benchmarks/gpu_session8.sh P
-#       the packed sweep again (bench_packing.py, configs/gpu_packing.yaml) after the fix, under --mps
+#   carry [".gpu"]  [NOBENCH_S=120] bash benchmarks/gpu_session8.sh P
+#       bench_trial.py (drh-nq, 3 trials one at a time), then the packed sweep (bench_packing.py,
+#       configs/gpu_packing.yaml, 0.125 and 1 GPU per trial) under --mps; with NOBENCH_S the 0.125 run
+#       again with train.cudnn_benchmark: false in the last NOBENCH_S seconds
 set -uo pipefail
 . benchmarks/gpu_common.sh
 STAGE_TAIL=${STAGE_TAIL:-45}
@@ -25,7 +27,14 @@ case $CALL in
       && printf '#!/bin/sh\nexec python -m hashbench "$@"\n' > .site/bin/hashbench && chmod +x .site/bin/hashbench
     [ "${TRIAL:-1}" = 1 ] && stage trial_drhnq 90 python benchmarks/bench_trial.py --device cuda --method drh-nq \
         --trials 3 --epochs 5 --out /tmp/bench_trial
-    stage packing "$(( $(left) - 15 ))" python benchmarks/bench_packing.py --shares ${SHARES:-0.125,1} --mps --tag=-s8 --gpu-util
+    stage packing "$(( $(left) - ${NOBENCH_S:-0} - 15 ))" python benchmarks/bench_packing.py --shares ${SHARES:-0.125,1} \
+        --mps --tag=-s8 --gpu-util
+    if [ "${NOBENCH_S:-0}" -gt 0 ]; then   # the same packed sweep with train.cudnn_benchmark: false
+      sed 's/^train:$/train:\n  cudnn_benchmark: false/' configs/gpu_packing.yaml > /tmp/gpu_packing_nobench.yaml
+      grep -q "cudnn_benchmark: false" /tmp/gpu_packing_nobench.yaml || echo "nobench config not written"
+      stage packing_nobench "$(( $(left) - 15 ))" python benchmarks/bench_packing.py --config /tmp/gpu_packing_nobench.yaml \
+          --shares 0.125 --mps --tag=-s8nb --gpu-util
+    fi
     mkdir -p "$RES/metrics" && for f in runs/gpu-packing/runs/*/metrics.json; do
       cp "$f" "$RES/metrics/$(basename "$(dirname "$f")").json"; done 2>/dev/null
     save P

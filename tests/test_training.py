@@ -562,3 +562,17 @@ def test_methods_declare_whether_their_step_can_be_a_cuda_graph():
 def test_cpu_runs_never_use_a_cuda_graph(store, tmp_path):
     res = fit(cfg_for(store, tmp_path, epochs=1), LocalSession(None, device="cpu"))
     assert "cuda_graph" not in res.history[0]
+
+
+@pytest.mark.parametrize("gpus, given, expected", [
+    (0.125, None, False), (0.5, None, False), (1, None, True), (2, None, True), (0, None, True),
+    (0.125, True, True), (1, False, False)])
+def test_cudnn_benchmark_auto_is_off_only_on_a_shared_gpu(store, tmp_path, gpus, given, expected):
+    cfg = cfg_for(store, tmp_path, gpus_per_worker=gpus, cudnn_benchmark=given)
+    assert cfg.cudnn_benchmark is expected
+    assert TrainConfig.from_dict(cfg.to_dict()).cudnn_benchmark is expected   # recorded resolved
+
+
+def test_cudnn_benchmark_must_be_a_bool(store, tmp_path):
+    with pytest.raises(HashbenchError, match=r"cudnn_benchmark 'yes': expected true, false or none"):
+        cfg_for(store, tmp_path, cudnn_benchmark="yes")

@@ -27,7 +27,7 @@ ASHA_KEYS = ("grace_period", "reduction_factor")
 RESOURCE_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "max_concurrent", "mps")
 TRAIN_KEYS = ("batch_size", "augment", "patience", "eval_ks", "max_failures", "device", "eval_batch_size",
               "cuda_graph", "restore_best", "evaluation", "torch_threads", "plateau_on",
-              "precise_bn")
+              "precise_bn", "cudnn_benchmark")
 SEARCH_KEYS = ("low", "high", "log", "choices")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

@@ -153,6 +153,12 @@ class TrainConfig:
     ``plateau_on``: what a ``ReduceLROnPlateau`` scheduler is stepped with each epoch, ``val_map``
     (validation mAP@100) or ``train_loss`` (the epoch's mean training loss); None: the method's
     default (``Method.plateau_on``), resolved on construction (``training/plateau.py``).
+    ``cudnn_benchmark``: on a GPU, let cuDNN time its candidate kernels for each convolution shape the
+    first time it runs and keep the fastest (``torch.backends.cudnn.benchmark``), paid once per shape
+    per process (sweeps run every trial of a process on one thread, docs/sweeps.md); false takes
+    cuDNN's heuristic choice at once. None (default) resolves on construction: false when the worker
+    has a fraction of a GPU (``0 < gpus_per_worker < 1``: trials sharing a GPU would all time kernels
+    at once, on a GPU busy with each other's work), else true (docs/training.md, "cuDNN autotuning").
     ``precise_bn``: after each epoch's training steps, before its validation encoding, re-estimate
     every BatchNorm's running statistics with the current weights over the train split
     (``training/precise_bn.py``); so the selected weights and the test codes carry them too.
@@ -185,6 +191,7 @@ class TrainConfig:
     torch_threads: int = 1
     plateau_on: Optional[str] = None
     precise_bn: bool = False
+    cudnn_benchmark: Optional[bool] = None
     hp: dict = field(init=False, default_factory=dict)
     dataset_path: str = field(init=False, default="")
     dataset_fingerprint: str = field(init=False, default="")
@@ -212,6 +219,11 @@ class TrainConfig:
             raise HashbenchError(f"device {self.device!r}: expected 'cpu', 'cuda', 'cuda:N' or none (auto)")
         if self.compile not in COMPILE_MODES:
             raise HashbenchError(f"compile {self.compile!r}: expected one of {list(COMPILE_MODES)}")
+        if self.cudnn_benchmark is None:
+            self.cudnn_benchmark = not (0 < self.gpus_per_worker < 1)
+        if not isinstance(self.cudnn_benchmark, bool):
+            raise HashbenchError(f"cudnn_benchmark {self.cudnn_benchmark!r}: expected true, false or none "
+                                 f"(auto: false on a fraction of a GPU, else true)")
         if not isinstance(self.cuda_graph, bool):
             raise HashbenchError(f"cuda_graph {self.cuda_graph!r}: expected true or false")
         if not isinstance(self.params, dict):

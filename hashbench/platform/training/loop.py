@@ -306,8 +306,8 @@ def fit(cfg: TrainConfig, session: Session) -> Optional[RunResult]:
     rank, world, device = session.world_rank, session.world_size, torch.device(session.device)
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
     use_amp = device.type == "cuda"
-    if use_amp:
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    if use_amp:  # fixed input sizes: let cuDNN time its kernels once per shape (or take its heuristic pick)
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     ph = {"setup_s": time.perf_counter() - t_start}  # phase times (timings, benchmarks/bench_trial.py)
     t_ph = time.perf_counter()
     ds = load_dataset(cfg.dataset_path or cfg.dataset)
