@@ -241,7 +241,7 @@ def on_trial_thread(fn: Callable):
     (``torch.backends.cudnn.benchmark``: the cuDNN v8 API's benchmark cache is ``thread_local``) and
     the cuBLAS / cuDNN handles and workspaces. On a fresh thread every trial autotuned every
     convolution of its model again (on an H100: drh-nq's first epoch 7.8 s against 0.21 s for the
-    others; docs/sweeps.md, "Trial processes"). Running the fit on the same thread in every trial of
+    others; docs/sweeps.md, "How a trial runs"). Running the fit on the same thread in every trial of
     the process keeps that state. Tune's session is process-wide, so ``ray.tune.report`` works from
     this thread; a stop (``SystemExit`` from ``report``) reaches Tune's thread through ``result()``.
     """
