@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import linecache
 import os
 import sys
 import warnings
@@ -49,6 +50,7 @@ from hashbench.platform.errors import HashbenchError  # noqa: E402
 from hashbench.platform.evaluation import engines, evaluate, fused_engine, fused_float  # noqa: E402
 from hashbench.platform.evaluation.inputs import prepare  # noqa: E402
 from test_eval_metrics import bf_evaluate, tiny_case  # noqa: E402
+from test_tie_sums_sync_free import HostReads, spy_hmax  # noqa: E402
 
 CONVENTIONS = ("hits", "min-k-r", "r")
 
@@ -412,3 +414,66 @@ def test_fused_same_set_retrieval_equals_torch(ties):
     for extra in ({"ks": (1, 10, "all"), "map_at_r": True}, {"ks": (1, 10), "map_at_r": False}):
         kw = dict(ties=ties, exclude_self=True, device=DEV, **extra)
         _compare(evaluate(x, x, y, y, engine="torch", **kw), evaluate(x, x, y, y, engine="fused", **kw))
+
+
+# ---------------------------------------------------------------- device re-count: a tail without host syncs
+class _HostReadSites(HostReads):
+    """Where hashbench reads tensor values on the host (a sync on CUDA) from the fused thresholded
+    histograms on (``sites``: file, source line of the first caller outside torch). The reads of
+    Triton's interpreter (its callers are in triton) are not hashbench's."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.sites, self.after = [], False
+        real = FT.FusedHamming._thresholded
+
+        def marked(*args, **kwargs):           # from the thresholded histograms (sample, full pass, re-count) on
+            self.after = True
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(FT.FusedHamming, "_thresholded", marked)
+
+    def record(self, name: str):
+        frame = sys._getframe(2)               # past __torch_function__
+        while frame is not None and os.sep + "torch" + os.sep in frame.f_code.co_filename:
+            frame = frame.f_back
+        path = frame.f_code.co_filename if frame is not None else ""
+        if self.after and os.sep + "hashbench" + os.sep in path and os.sep + "tests" + os.sep not in path:
+            self.sites.append((os.path.basename(path), linecache.getline(path, frame.f_lineno).strip()))
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_device_recount_tail_is_sync_free_and_equals_torch(multi, monkeypatch):
+    """HASHBENCH_FUSED_RECOUNT=device: the tie-aware sums after the thresholded histograms take the
+    sync-free form (every AP column with hmax = its cut-off) and give the torch engine's metrics; from
+    the histograms' passes to the final averages no hashbench code reads a tensor on the host but
+    summary.py's averages and core's count of queries without relevant items (the end of the call). The
+    host re-count (default) reads in fused_triton and tie_sums: the same check fails on it."""
+    rng = np.random.default_rng(21 + multi)
+    bits, nq, n = 16, 11, 300
+    q = codes(rng, nq, bits)
+    db = codes(rng, n, bits, dup_of=q[1])
+    ql, dl = labels(rng, nq, n, multi, classes=3)
+    hmaxes = spy_hmax(monkeypatch)
+    for excl, radius, ks in ((False, None, (1, 7, 40, 150)), (True, 2, (1, 7, 40, 150)), (False, 2, (3, "all"))):
+        kw = dict(ks=ks, convention="hits", ties="tie-aware", map_at_r="all" in ks, exclude_no_hit=excl,
+                  hamming_radius=radius, device=DEV)          # "all": full histograms (no re-count), MAP@R
+        ref = evaluate(q, db, ql, dl, engine="torch", **kw)
+        monkeypatch.setattr(FT, "RECOUNT", "device")
+        hmaxes.clear()
+        with _HostReadSites(monkeypatch) as reads:
+            res = evaluate(q, db, ql, dl, engine="fused", **kw)
+        assert hmaxes == [n if k == "all" else k for k in ks]
+        _compare(ref, res)
+        if not ON_CUDA:                                         # the CPU's sums: bit for bit
+            assert all(res[f"mAP@{k}"] == ref[f"mAP@{k}"] for k in ks)
+        assert reads.after and reads.sites                      # it looked (the averages read at the end)
+        assert all(f == "summary.py" or (f == "core.py" and "queries_without_relevant" in line)
+                   for f, line in reads.sites), reads.sites
+        monkeypatch.setattr(FT, "RECOUNT", "host")
+        hmaxes.clear()
+        with _HostReadSites(monkeypatch) as reads_host:
+            _compare(ref, evaluate(q, db, ql, dl, engine="fused", **kw))
+        assert hmaxes == [None] * len(ks)
+        host_files = {f for f, _ in reads_host.sites}
+        assert "tie_sums.py" in host_files and ("fused_triton.py" in host_files) == ("all" not in ks)

@@ -172,6 +172,9 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
     if grouped and not prep.binary:
         depth = n_eff
     harm = M.harmonic_table(n_db, dev) if grouped else None
+    # the fused histograms without a host sync (HASHBENCH_FUSED_RECOUNT=device): the tie-aware sums after
+    # them take none either (the cut-offs bound their tables), so the host queues them while the kernels run
+    sync_free = fused and eng.sync_free
     labels_np = _compact_labels(prep) if dev.type == "cpu" and not grouped and not kernels else None
 
     per = {name: [] for name in ("hits", "ap", "p", "r", "mapr", "rprec", "hr_prec", "hr_n",
@@ -208,7 +211,8 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
                 ids, dist = rank(qc, n_eff)
                 n, r = float_groups(dist, _gather_relevance(prep, qlc, ids))
             hits, S, ap_hits = M.grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits",
-                                              ap_columns=len(cutoffs))   # none for the cut-off R of MAP@R
+                                              ap_columns=len(cutoffs),   # none for the cut-off R of MAP@R
+                                              sync_free_ks=ks_int if sync_free else None)
         elif not kernels:
             ids, _ = rank(qc, depth, with_dist=False)
             cut_d = cut.clamp_max(depth)

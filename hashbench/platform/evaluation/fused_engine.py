@@ -73,6 +73,14 @@ class FusedEngine(TorchEngine):
                 warnings.warn(f"fused {what}: kernel failed ({msg}); using the torch engine (same numbers)")
         return None
 
+    @property
+    def sync_free(self) -> bool:
+        """Whether the histograms come without a host sync (``HASHBENCH_FUSED_RECOUNT=device``, read when
+        asked): ``core.evaluate`` then computes the tie-aware sums after them without one either."""
+        from hashbench.platform.evaluation.fused_triton import RECOUNT
+
+        return self._prep.binary and RECOUNT == "device"
+
     # ---- interface -----------------------------------------------------------------------------
     def label_histograms(self, q: torch.Tensor, q_labels: torch.Tensor, k: int | None = None, min_level: int = 0):
         """(q, bits+1) float64 counts of all / relevant items per distance, exact up to the k-th

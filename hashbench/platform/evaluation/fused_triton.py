@@ -82,7 +82,8 @@ ROOM = float(_env("HASHBENCH_FUSED_ROOM", 2.0))
 #: where the rows whose sample threshold fell short of k are counted again: "host" (default: a sync reads
 #: whether any is short, then only those rows are launched) or "device" (opt-in, HASHBENCH_FUSED_RECOUNT:
 #: no sync; a second launch over every query in which the rows that are not short take nothing and
-#: skip their tiles, so the host can queue the work after it while the full pass runs)
+#: skip their tiles, so the host can queue the work after it while the full pass runs; core.evaluate then
+#: takes the sync-free tie-aware sums too: FusedEngine.sync_free, tie_sums.expected_ap_hits's hmax)
 RECOUNT = _env("HASHBENCH_FUSED_RECOUNT", "host")
 if RECOUNT not in ("host", "device"):
     raise HashbenchError(f"HASHBENCH_FUSED_RECOUNT={RECOUNT!r}: expected 'host' or 'device'; unset it for 'host'")

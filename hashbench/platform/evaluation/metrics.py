@@ -129,10 +129,10 @@ def ranked_sums_np(rel: np.ndarray, cutoffs: np.ndarray):
 
 
 def grouped_sums(n: torch.Tensor, r: torch.Tensor, cutoffs: torch.Tensor, harm: torch.Tensor,
-                 need_ap_hits: bool = True, ap_columns: int | None = None):
+                 need_ap_hits: bool = True, ap_columns: int | None = None, sync_free_ks=None):
     """Expected sums over uniformly random orders inside each tie group: :func:`tie_sums.grouped_sums`
-    for torch tensors (see there)."""
-    return tie_sums.grouped_sums(TORCH, n, r, cutoffs, harm, need_ap_hits, ap_columns)
+    for torch tensors (see there; ``sync_free_ks``: its form without host syncs)."""
+    return tie_sums.grouped_sums(TORCH, n, r, cutoffs, harm, need_ap_hits, ap_columns, sync_free_ks)
 
 
 def apply_convention(convention: str, hits, s, ap_hits, k, R):

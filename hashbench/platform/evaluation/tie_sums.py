@@ -95,13 +95,23 @@ def partial_sum(xp, p, b, m, n0, r0, harm):
     return p * (b * m + (r0 + 1 - b * (n0 + 1)) * hdiff)
 
 
-def grouped_sums(xp, n, r, cutoffs, harm, need_ap_hits: bool = True, ap_columns: int | None = None):
+#: largest (query rows x levels) table of the sync-free form of :func:`expected_ap_hits`: 64M entries (512 MB
+#: of float64 each, several at a time); a column of cut-offs past it takes the synced form
+SYNC_FREE_BUDGET = 1 << 26
+
+
+def grouped_sums(xp, n, r, cutoffs, harm, need_ap_hits: bool = True, ap_columns: int | None = None,
+                 sync_free_ks=None):
     """Expected ``hits, S, ap_hits`` (q, m) float64 over uniformly random orders inside each tie group.
 
     n, r: (q, G) float64 item and relevant counts of consecutive tie groups, nearest first (empty
     groups allowed); cutoffs: (q, m) int64; harm: :func:`harmonic_table` up to ``sum(n)``. ``ap_hits``
     (None unless asked for) only for the first ``ap_columns`` cut-offs (default all): the straddling
     groups of a cut-off such as R of MAP@R, whose AP is not wanted, are the widest and cost the most.
+    ``sync_free_ks``: None, or per AP column a host int at least as large as every row's cut-off in that
+    column (the cut-off itself): ``ap_hits`` is then computed without reading anything back from the
+    device (:func:`expected_ap_hits` with ``hmax``), for every column whose table fits
+    :data:`SYNC_FREE_BUDGET`.
     """
     n0 = n.cumsum(1) - n                 # items before each group
     r0 = r.cumsum(1) - r                 # relevant items before each group
@@ -114,25 +124,52 @@ def grouped_sums(xp, n, r, cutoffs, harm, need_ap_hits: bool = True, ap_columns:
         hits_out.append((p * m).sum(1))
         s_out.append(partial_sum(xp, p, b, m, n0, r0, harm).sum(1))
         if need_ap_hits and (ap_columns is None or c < ap_columns):
-            ap_out.append(expected_ap_hits(xp, n, r, m, n0, r0, p, b, harm))
+            hmax = None
+            if sync_free_ks is not None and n.shape[0] * (int(sync_free_ks[c]) + 1) <= SYNC_FREE_BUDGET:
+                hmax = int(sync_free_ks[c])          # a host int: m <= k, so min(m, r) <= k
+            ap_out.append(expected_ap_hits(xp, n, r, m, n0, r0, p, b, harm, hmax=hmax))
     return xp.stack(hits_out), xp.stack(s_out), (xp.stack(ap_out) if need_ap_hits else None)
 
 
-def expected_ap_hits(xp, n, r, m, n0, r0, p, b, harm):
+def expected_ap_hits(xp, n, r, m, n0, r0, p, b, harm, hmax: int | None = None):
     """E[S / hits] (0 when hits = 0) where at most one group per query straddles the cut-off: the
-    hypergeometric law of the number ``h`` of relevant items before the cut in that group."""
+    hypergeometric law of the number ``h`` of relevant items before the cut in that group.
+
+    ``hmax=None``: the straddling rows are found on the host (a sync on the GPU: whether any straddles,
+    which rows, and the largest ``min(m, r)`` of their groups, which sizes the (rows, levels) table).
+    ``hmax``: a host int at least ``min(m, r)`` of every straddling group (a cut-off ``k`` bounds it):
+    the sync-free form, for the fused path's device re-count: every row is computed over ``hmax + 1``
+    levels and the rows that straddle nothing keep their deterministic value, so the host queues it all
+    without waiting for the device. Its levels past a row's ``min(m, r)`` add exact zeros; the only
+    difference from the synced form is the length, hence the association order, of the final per-row
+    sum over levels (a few ulps at most; tests/test_tie_sums_sync_free.py compares at 1e-13 relative).
+    """
     full = (m == n) & (n > 0)
     s_full = xp.where(full, partial_sum(xp, p, b, n, n0, r0, harm), 0.0).sum(1)
     h_full = xp.where(full, r, 0.0).sum(1)
     straddle = (m > 0) & (m < n)
     det = xp.where(h_full > 0, s_full / xp.clamp_min(h_full, 1), 0.0)
+    if hmax is not None:
+        g = xp.first_true(straddle)          # rows straddling nothing: some group, masked below
+        cols = (xp.take_along(t, g) for t in (n, r, m, n0, r0))
+        ap = _straddle_ap(xp, *cols, s_full[:, None], h_full[:, None], hmax, harm)
+        return xp.where(straddle.any(1), ap, det)
     if not bool(straddle.any()):
         return det
     rows = xp.rows(straddle.any(1))
     g = xp.first_true(straddle[rows])
     ns, rs, ms, n0s, r0s = (xp.take_along(t[rows], g) for t in (n, r, m, n0, r0))   # (s, 1) each
     hmax = int(xp.minimum(ms, rs).max())
-    h = xp.arange_like(hmax + 1, n)[None, :]                                       # (1, H)
+    det = xp.copy(det)
+    det[rows] = _straddle_ap(xp, ns, rs, ms, n0s, r0s, s_full[rows][:, None], h_full[rows][:, None], hmax, harm)
+    return det
+
+
+def _straddle_ap(xp, ns, rs, ms, n0s, r0s, s_full, h_full, hmax: int, harm):
+    """(s,) expected AP of rows whose group (ns, rs, after n0s items of which r0s relevant) straddles the
+    cut at ms items, given the sums s_full, h_full (s, 1) of their groups before it: the hypergeometric
+    law of h relevant before the cut over the levels h = 0..hmax."""
+    h = xp.arange_like(hmax + 1, ns)[None, :]                                      # (1, H)
     valid = (h <= xp.minimum(ms, rs)) & (h >= xp.clamp_min(ms - (ns - rs), 0))
     lg = xp.lgamma
     log_pmf = (lg(rs + 1) - lg(h + 1) - lg(rs - h + 1)
@@ -143,11 +180,9 @@ def expected_ap_hits(xp, n, r, m, n0, r0, p, b, harm):
     bh = xp.where(ms > 1, (h - 1) / xp.clamp_min(ms - 1, 1), 0.0)
     hdiff = xp.take(harm, n0s + ms) - xp.take(harm, n0s)
     s_h = (h / ms) * (bh * ms + (r0s + 1 - bh * (n0s + 1)) * hdiff)
-    tot_h = h_full[rows][:, None] + h
-    ap = xp.where(tot_h > 0, (s_full[rows][:, None] + s_h) / xp.clamp_min(tot_h, 1), 0.0)
-    det = xp.copy(det)
-    det[rows] = (pmf * ap).sum(1)
-    return det
+    tot_h = h_full + h
+    ap = xp.where(tot_h > 0, (s_full + s_h) / xp.clamp_min(tot_h, 1), 0.0)
+    return (pmf * ap).sum(1)
 
 
 def apply_convention(xp, convention: str, hits, s, ap_hits, k, R):
