@@ -188,6 +188,13 @@ def test_cli_mps_flag_and_gpus_zero(tmp_path, capsys, monkeypatch):
     zero = _write(tmp_path, _cfg(gpus="0", mps="false"))
     assert main(["sweep", zero, "--mps", "--check"]) == 2
     assert f"{zero}: resources.gpus_per_worker is 0" in capsys.readouterr().err
+    # resources.mps: true with gpus_per_worker 0 in the file: --gpus-per-worker on the command line decides
+    zero_mps = _write(tmp_path, _cfg(gpus="0", mps="true"))
+    assert main(["sweep", zero_mps, "--check"]) == 2
+    assert f"{zero_mps}:8: resources.gpus_per_worker is 0" in capsys.readouterr().err   # line of the file
+    assert main(["sweep", zero_mps, "--gpus-per-worker", "0.125", "--check"]) == 0
+    assert main(["sweep", zero_mps, "--gpus-per-worker", "0", "--check"]) == 2
+    assert "--gpus-per-worker is 0: the trials use no GPU" in capsys.readouterr().err
 
 
 def test_cli_mps_refuses_a_cluster_address(tmp_path, capsys, monkeypatch):

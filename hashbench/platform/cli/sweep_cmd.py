@@ -39,7 +39,10 @@ def run(args) -> int:
     pairs = parse_pairs(args.overrides, "--set")
     # --set datasets=D replaces every study's dataset and checks the new ones, so the config's own
     # stores need not exist (a paper config checked on a small sample of its data)
-    cfg = load_config(args.config, check_data="datasets" not in pairs)
+    # --gpus-per-worker replaces the config's share, so resources.mps with gpus_per_worker 0 in the file is
+    # checked after the override (_overrides), not while the file is read
+    cfg = load_config(args.config, check_data="datasets" not in pairs,
+                      check_mps_gpus=args.gpus_per_worker is None)
     cfg = _overrides(cfg, args, pairs)
     print(f"sweep {cfg.name!r}: {len(cfg.studies)} studies, {cfg.total_trials} trials "
           f"({', '.join(s.key for s in cfg.studies[:6])}{', ...' if len(cfg.studies) > 6 else ''})", flush=True)

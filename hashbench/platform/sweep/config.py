@@ -236,8 +236,13 @@ def _default_dims(method) -> dict:
     return dims
 
 
-def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) -> SweepConfig:
-    """Validate the YAML ``text`` of a sweep config (``source`` names it in messages)."""
+def parse_text(text: str, source: str = "<config>", *, check_data: bool = True,
+               check_mps_gpus: bool = True) -> SweepConfig:
+    """Validate the YAML ``text`` of a sweep config (``source`` names it in messages).
+
+    ``check_mps_gpus=False``: ``resources.mps: true`` with ``gpus_per_worker: 0`` is not refused here,
+    for a caller that overrides ``gpus_per_worker`` afterwards and checks the result (the CLI's
+    ``--gpus-per-worker``); ``run_sweep`` checks it again in any case."""
     from hashbench.platform.registry import get_method, list_methods
 
     raw = load_yaml(text, source)  # safe_load semantics; a duplicate key is refused, naming its line
@@ -297,10 +302,10 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
     mps = res.get("mps", False)
     if not isinstance(mps, bool):
         raise HashbenchError(f"{where('resources', 'mps')}: expected true or false, got {mps!r}")
-    if mps:
-        from hashbench.platform.sweep.mps import check_mps_gpus
+    if mps and check_mps_gpus:
+        from hashbench.platform.sweep.mps import check_mps_gpus as check_gpus
 
-        check_mps_gpus(gpus, where("resources", "gpus_per_worker"))
+        check_gpus(gpus, where("resources", "gpus_per_worker"))
 
     train = dict(_check_keys(raw.get("train"), TRAIN_KEYS, where, "train"))
     if "max_failures" in train:
@@ -367,8 +372,8 @@ def parse_text(text: str, source: str = "<config>", *, check_data: bool = True) 
     return cfg
 
 
-def load_config(path: str | os.PathLike, *, check_data: bool = True) -> SweepConfig:
-    """Read and validate the sweep config file ``path``."""
+def load_config(path: str | os.PathLike, *, check_data: bool = True, check_mps_gpus: bool = True) -> SweepConfig:
+    """Read and validate the sweep config file ``path`` (keywords: :func:`parse_text`)."""
     p = Path(path)
     if not p.is_file():
         raise HashbenchError(f"sweep config {p}: no such file")
@@ -376,7 +381,7 @@ def load_config(path: str | os.PathLike, *, check_data: bool = True) -> SweepCon
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise HashbenchError(f"sweep config {p}: cannot read it ({exc})") from None
-    return parse_text(text, str(p), check_data=check_data)
+    return parse_text(text, str(p), check_data=check_data, check_mps_gpus=check_mps_gpus)
 
 
 def train_config(cfg: SweepConfig, study: Study, hp: dict, *, seed: Optional[int] = None,
