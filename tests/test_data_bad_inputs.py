@@ -190,7 +190,7 @@ def test_split_list_names_missing_image(tmp_path, data_home, capsys):
 def test_size_not_positive(tmp_path, data_home, capsys, flag, value):
     src = points_source(tmp_path / "src")
     run_bad(capsys, data_home, ["--format", "points", "--source", str(src), flag, value],
-            f"{flag} must be a positive number of pixels, got {value}")
+            f"{flag[2:]} ({flag}) must be a positive number of pixels, got {value}")
 
 
 def test_name_exists_without_overwrite(tmp_path, data_home, capsys):
@@ -244,15 +244,15 @@ def medmnist_npz(path, labels=None, **extra):
 def test_size_above_the_maximum(tmp_path, data_home, capsys):
     src = points_source(tmp_path / "src")
     run_bad(capsys, data_home, ["--format", "points", "--source", str(src), "--size", "100000"],
-            "--size 100000 is too large: at most 1024 pixels")
+            "size (--size) 100000 is too large: at most 1024 pixels")
     npz = medmnist_npz(tmp_path / "m.npz")
     run_bad(capsys, data_home, ["--format", "medmnist", "--source", str(npz), "--size", "1025"],
-            "--size 1025 is too large: at most 1024 pixels")
+            "size (--size) 1025 is too large: at most 1024 pixels")
     # points without --size take the patch side as the output side: the message says where it came from
     run_bad(capsys, data_home, ["--format", "points", "--source", str(src), "--patch", "2000"],
-            "--size (defaulting to --patch) 2000 is too large: at most 1024 pixels")
+            "size (--size, defaulting to patch (--patch)) 2000 is too large: at most 1024 pixels")
     run_bad(capsys, data_home, ["--format", "points", "--source", str(src), "--patch", "5000", "--size", "8"],
-            "--patch 5000 is too large: at most 4096 pixels")
+            "patch (--patch) 5000 is too large: at most 4096 pixels")
 
 
 def test_medmnist_object_arrays_are_refused_not_unpickled(tmp_path, data_home, capsys):
@@ -314,4 +314,23 @@ def test_csv_missing_value_label_is_not_a_class(tmp_path, data_home, capsys):
 def test_split_ratios_must_sum_to_one(tmp_path, data_home, capsys, ratios, total):
     src = classes_folder(tmp_path / "src")
     run_bad(capsys, data_home, ["--format", "folder", "--source", str(src), "--split", ratios],
-            f"--split {ratios}: the ratios sum to {total}; they must sum to 1 (e.g. 0.7,0.1,0.2)")
+            f"ratios (--split) {ratios}: the ratios sum to {total}; they must sum to 1 (e.g. 0.7,0.1,0.2)")
+
+
+def test_python_callers_see_the_keyword_beside_the_flag(tmp_path, data_home):
+    """prepare() is also a Python API: its errors name the Options field / keyword and the CLI flag."""
+    from hashbench.platform.data.base import option
+
+    assert option("mask_values") == "mask_values (--mask-values)" and option("ratios") == "ratios (--split)"
+    src = classes_folder(tmp_path / "src")
+    cases = [(dict(format="nope"), "format (--format) 'nope' is not one of"),
+             (dict(format="folder", options=Options(channels=2)), "channels (--channels) must be 1 or 3, got 2"),
+             (dict(format="folder", options=Options(fit="squash")), "fit (--fit) must be one of"),
+             (dict(format="folder", options=Options(size=0)), "size (--size) must be a positive number"),
+             (dict(format="folder", options=Options(ratios=(0.5, 0.5))), "ratios (--split) must be three"),
+             (dict(format="folder", recipe="nope"), "recipe (--recipe) 'nope' is unknown")]
+    for kw, message in cases:
+        with pytest.raises(HashbenchError) as exc:
+            prepare("t", src, **kw)
+        assert message in str(exc.value), (kw, str(exc.value))
+    assert list(data_home.iterdir()) == []

@@ -101,7 +101,7 @@ def test_folder_masks_as_class_ids(tmp_path):
     binary = prepare("fundus", tmp_path / "src", "folder", out=tmp_path / "b", options=Options(size=8))
     assert binary.mask_classes == 2
     np.testing.assert_array_equal(binary.masks[0], (mask > 0).astype(np.uint8))
-    with pytest.raises(HashbenchError, match="--mask-values must be one of binary, classes"):
+    with pytest.raises(HashbenchError, match=r"mask_values \(--mask-values\) must be one of binary, classes"):
         prepare("fundus", tmp_path / "src", "folder", out=tmp_path / "x", options=Options(mask_values="grey"))
 
 

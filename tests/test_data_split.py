@@ -63,7 +63,7 @@ def test_group_leak_in_source_split_and_bad_ratios():
     with pytest.raises(HashbenchError, match="no train part"):
         resolve_split(np.array([1, 1, 2, 2], np.int8), labels, None, (0.7, 0.1, 0.2), 0)
     for bad in ((0.7, 0.3), (0.8, 0.0, 0.2), (1, -1, 1)):
-        with pytest.raises(HashbenchError, match="--split ratios must be three positive"):
+        with pytest.raises(HashbenchError, match=r"ratios \(--split\) must be three positive"):
             check_ratios(bad)
     assert check_ratios((0.7, 0.1, 0.2)) == pytest.approx((0.7, 0.1, 0.2))
     for bad in ((7, 1, 2), (0.9, 0.9, 0.9), (0.5, 0.1, 0.2)):  # not silently renormalised

@@ -14,6 +14,16 @@ SPLIT_ALIASES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 
                  "testing": 2, "0": 0, "1": 1, "2": 2}
 
 
+#: the ``hashbench data prepare`` flag of a preparation setting, where it is not ``--`` + its name
+_FLAGS = {"ratios": "--split", "out": "--out PATH"}
+
+
+def option(name: str) -> str:
+    """A preparation setting as errors name it, for Python callers and the CLI alike: its Python name
+    (an :class:`Options` field or a ``prepare`` keyword) and its flag, e.g. ``mask_values (--mask-values)``."""
+    return f"{name} ({_FLAGS.get(name, '--' + name.replace('_', '-'))})"
+
+
 @dataclass
 class Options:
     """Preparation options (the CLI flags of ``hashbench data prepare``)."""

@@ -25,6 +25,7 @@ from hashbench.platform.data.base import (
     Options,
     check_nonempty_classes,
     class_index,
+    option,
     require_file,
 )
 from hashbench.platform.data.images import is_grey, parallel_map, read_image, resize_image, resize_mask
@@ -84,7 +85,7 @@ def load(source: Path, opts: Options) -> Loaded:
     if len(label_cols) > 1:  # one 0/1 column per class
         names = list(opts.classes) if opts.classes is not None else label_cols
         if names != label_cols:
-            raise HashbenchError(f"--classes {names} must equal the label columns {label_cols}")
+            raise HashbenchError(f"{option('classes')} {names} must equal the label columns {label_cols}")
         labels = np.zeros((len(rows), len(names)), np.uint8)
         for i, (no, row) in enumerate(rows):
             for j, col in enumerate(label_cols):
@@ -104,7 +105,7 @@ def load(source: Path, opts: Options) -> Loaded:
             if missing is not None and (opts.classes is None or missing not in opts.classes):
                 raise HashbenchError(f"{path}:{no}: label {missing!r} in column {col!r} is a missing-value "
                                      f"marker, not a class; give the row its class, drop the row, or list "
-                                     f"{missing!r} in --classes to make it a class")
+                                     f"{missing!r} in {option('classes')} to make it a class")
             if opts.classes is not None:
                 bad = next((t for t in toks if t not in opts.classes), None)
                 if bad is not None:

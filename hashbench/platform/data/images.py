@@ -115,10 +115,10 @@ MAX_SIZE = 1024
 MAX_PATCH = 4096
 
 
-def check_size(size: int, what: str = "--size") -> int:
+def check_size(size: int, what: str = "size (--size)", patch: bool = False) -> int:
     if size is None or int(size) <= 0:
         raise HashbenchError(f"{what} must be a positive number of pixels, got {size}")
-    limit = MAX_PATCH if what == "--patch" else MAX_SIZE
+    limit = MAX_PATCH if patch else MAX_SIZE
     if int(size) > limit:
         raise HashbenchError(f"{what} {size} is too large: at most {limit} pixels (a prepared store keeps "
                              f"every image in memory); choose e.g. 64, 128 or 256")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashbench.platform.data.base import Loaded, Options, check_nonempty_classes, read_license
+from hashbench.platform.data.base import Loaded, Options, check_nonempty_classes, option, read_license
 from hashbench.platform.data.images import parallel_map, resize_array
 from hashbench.platform.errors import HashbenchError
 
@@ -61,7 +61,7 @@ def load(source: Path, opts: Options) -> Loaded:
         files = sorted(source.glob("*.npz"))
         if len(files) != 1:
             raise HashbenchError(f"{source}: expected exactly one .npz file in the folder, found "
-                                 f"{len(files)}; pass the .npz file itself as --source")
+                                 f"{len(files)}; pass the .npz file itself as {option('source')}")
         source = files[0]
     if not source.is_file():
         raise HashbenchError(f"{source}: MedMNIST .npz file not found")
@@ -70,14 +70,14 @@ def load(source: Path, opts: Options) -> Loaded:
     if magic not in ZIP_MAGIC:  # numpy would try it as a pickle and hint at allow_pickle
         raise HashbenchError(f"{source}: not a .npz archive (a .npz is a zip file of .npy arrays, which "
                              f"starts with 'PK'; this file starts with {magic!r}); pass MedMNIST's "
-                             f"<name>.npz as --source")
+                             f"<name>.npz as {option('source')}")
     try:
         npz = np.load(source, allow_pickle=False)
         keys = set(npz.files)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise HashbenchError(f"{source}: not a readable .npz archive ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); pass MedMNIST's "
-                             f"<name>.npz as --source") from None
+                             f"<name>.npz as {option('source')}") from None
     present = [s for s in SPLITS if f"{s}_images" in keys]
     for s in present:
         if f"{s}_labels" not in keys:

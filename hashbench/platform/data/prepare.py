@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from hashbench.platform.data.base import MASK_VALUES, Loaded, Options
+from hashbench.platform.data.base import MASK_VALUES, Loaded, Options, option
 from hashbench.platform.data.images import FITS, check_size
 from hashbench.platform.data.split import check_ratios, resolve_split
 from hashbench.platform.data.store import BUILTIN_ROOT, PreparedDataset, StoreExistsError, data_root, write_store
@@ -53,7 +53,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 def find_recipe(name: str, source: Path, recipe: str | None) -> str | None:
     if recipe is not None:
         if recipe not in RECIPES:
-            raise HashbenchError(f"--recipe {recipe!r} is unknown; known: {', '.join(RECIPES)}")
+            raise HashbenchError(f"{option('recipe')} {recipe!r} is unknown; known: {', '.join(RECIPES)}")
         return recipe
     for key in (name, source.name, source.stem):
         if key in RECIPES:
@@ -68,7 +68,7 @@ def store_path(name: str) -> Path:
                              f"letters, digits, '_', '-' and '.'")
     if (BUILTIN_ROOT / name / "meta.json").is_file():
         raise HashbenchError(f"dataset name {name!r} is a built-in dataset; choose another name "
-                             f"(e.g. {name}_full) or pass --out PATH")
+                             f"(e.g. {name}_full) or pass {option('out')}")
     return data_root() / name
 
 
@@ -87,30 +87,30 @@ def prepare(name: str, source: str | Path, format: str | None = None, *,
     rec = RECIPES.get(key, {}) if key else {}
     format = format or rec.get("format")
     if format not in FORMATS:
-        raise HashbenchError(f"--format {format!r} is not one of {', '.join(FORMATS)}"
-                             if format else f"--format is required for {name!r} (one of "
+        raise HashbenchError(f"{option('format')} {format!r} is not one of {', '.join(FORMATS)}"
+                             if format else f"{option('format')} is required for {name!r} (one of "
                              f"{', '.join(FORMATS)})")
     if rec and rec["format"] != format:
         rec, key = {}, None  # a different format than the recipe's: use no recipe defaults
     for opt in ("size", "channels", "patch", "classes"):
         if getattr(opts, opt) is None and opt in rec:
             setattr(opts, opt, rec[opt])
-    size_flag = "--size"
+    size_flag = option("size")
     if opts.size is None and format != "medmnist":
         if format == "points" and opts.patch:
-            opts.size, size_flag = opts.patch, "--size (defaulting to --patch)"
+            opts.size, size_flag = opts.patch, f"{option('size')[:-1]}, defaulting to {option('patch')})"
         else:
             opts.size = DEFAULT_SIZE
     if opts.size is not None:
         check_size(opts.size, size_flag)
     if format == "points":
-        opts.patch = check_size(opts.patch if opts.patch is not None else opts.size, "--patch")
+        opts.patch = check_size(opts.patch if opts.patch is not None else opts.size, option("patch"), patch=True)
     if opts.channels not in (None, 1, 3):
-        raise HashbenchError(f"--channels must be 1 or 3, got {opts.channels}")
+        raise HashbenchError(f"{option('channels')} must be 1 or 3, got {opts.channels}")
     if opts.mask_values not in MASK_VALUES:
-        raise HashbenchError(f"--mask-values must be one of {', '.join(MASK_VALUES)}, got {opts.mask_values!r}")
+        raise HashbenchError(f"{option('mask_values')} must be one of {', '.join(MASK_VALUES)}, got {opts.mask_values!r}")
     if opts.fit not in FITS:
-        raise HashbenchError(f"--fit must be one of {', '.join(FITS)}, got {opts.fit!r}")
+        raise HashbenchError(f"{option('fit')} must be one of {', '.join(FITS)}, got {opts.fit!r}")
     opts.ratios = check_ratios(opts.ratios)
     dest = Path(out).expanduser() if out is not None else store_path(name)
     if dest.exists() and not overwrite:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hashbench.platform.data.base import option
 from hashbench.platform.errors import HashbenchError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -19,11 +20,11 @@ RATIO_TOLERANCE = 1e-6  # |train + val + test - 1| allowed (0.7 + 0.1 + 0.2 is 0
 def check_ratios(ratios) -> tuple[float, float, float]:
     r = tuple(float(x) for x in ratios)
     if len(r) != 3 or min(r) <= 0 or not np.isfinite(r).all():
-        raise HashbenchError(f"--split ratios must be three positive numbers train,val,test "
+        raise HashbenchError(f"{option('ratios')} must be three positive numbers train,val,test "
                              f"(e.g. 0.7,0.1,0.2), got {','.join(map(str, ratios))}")
     total = sum(r)
     if abs(total - 1.0) > RATIO_TOLERANCE:  # never renormalised silently: 0.9,0.9,0.9 is a typo
-        raise HashbenchError(f"--split {','.join(f'{x:g}' for x in r)}: the ratios sum to {total:g}; they must "
+        raise HashbenchError(f"{option('ratios')} {','.join(f'{x:g}' for x in r)}: the ratios sum to {total:g}; they must "
                              f"sum to 1 (e.g. 0.7,0.1,0.2)")
     return tuple(x / total for x in r)  # type: ignore[return-value]
 
