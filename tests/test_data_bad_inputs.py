@@ -289,7 +289,7 @@ def test_out_under_a_file_cannot_exist(tmp_path, data_home, capsys):
     blocker.write_text("not a folder")
     out = blocker / "sub" / "store"
     run_bad(capsys, data_home, ["--format", "folder", "--source", str(src), "--out", str(out)],
-            f"--out {out}: {blocker} is a file, not a folder")
+            f"out (--out) {out}: {blocker} is a file, not a folder")
     assert blocker.read_text() == "not a folder"
     # a parent the kernel refuses to create (under /proc): refused as one line, no folder left behind
     out = tmp_path / "new" / "deeper" / "store"

@@ -15,7 +15,7 @@ SPLIT_ALIASES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 
 
 
 #: the ``hashbench data prepare`` flag of a preparation setting, where it is not ``--`` + its name
-_FLAGS = {"ratios": "--split", "out": "--out PATH"}
+_FLAGS = {"ratios": "--split"}
 
 
 def option(name: str) -> str:

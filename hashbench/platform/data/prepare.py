@@ -117,7 +117,7 @@ def prepare(name: str, source: str | Path, format: str | None = None, *,
         raise StoreExistsError(dest, name)
     if not source.exists():
         raise HashbenchError(f"{source}: source not found")
-    missing_dirs = check_destination(dest, "--out" if out is not None else "data directory ($HASHBENCH_DATA)")
+    missing_dirs = check_destination(dest, option("out") if out is not None else "data directory ($HASHBENCH_DATA)")
 
     loader = importlib.import_module(f"hashbench.platform.data.{FORMATS[format]}")
     loaded: Loaded = loader.load(source, opts)

@@ -25,6 +25,7 @@ from hashbench.platform.data.base import (
     Options,
     check_nonempty_classes,
     class_index,
+    option,
     read_license,
     require_dir,
 )
@@ -135,7 +136,7 @@ def load(source: Path, opts: Options) -> Loaded:
             if problem:
                 msg = f"{ann_dir / (image_id + '.xml')}:{o['line']}: {problem}"
                 if not opts.skip_invalid:
-                    raise HashbenchError(msg + "; fix the annotation or pass --skip-invalid")
+                    raise HashbenchError(msg + f"; fix the annotation or pass {option('skip_invalid')}")
                 skipped.append(msg)
                 continue
             box = (max(int(round(x0)) - 1, 0), max(int(round(y0)) - 1, 0), int(round(x1)), int(round(y1)))
