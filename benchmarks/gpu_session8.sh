@@ -7,10 +7,13 @@
 #       bench_trial.py (drh-nq, 3 trials one at a time), then the packed sweep (bench_packing.py,
 #       configs/gpu_packing.yaml, 0.125 and 1 GPU per trial) under --mps; with NOBENCH_S the 0.125 run
 #       again with train.cudnn_benchmark: false in the last NOBENCH_S seconds
+#   carry [".gpu"]  bash benchmarks/gpu_session8.sh Q
+#       (next) the quickstart on the GPU (the brief's 107 s on an H200 against 35 s on 2 CPU cores, before
+#       the trial thread and cudnn_benchmark), then bench_trial.py's GPU stage (dch and drh-nq, 8 trials)
 set -uo pipefail
 . benchmarks/gpu_common.sh
 STAGE_TAIL=${STAGE_TAIL:-45}
-CALL=${1:?G or P}
+CALL=${1:?G, P or Q}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 case $CALL in
   G)
@@ -38,6 +41,13 @@ case $CALL in
     mkdir -p "$RES/metrics" && for f in runs/gpu-packing/runs/*/metrics.json; do
       cp "$f" "$RES/metrics/$(basename "$(dirname "$f")").json"; done 2>/dev/null
     save P
+    ;;
+  Q)
+    mkdir -p .site/bin && tar -xJf .gpu/bundle.tar.xz -C .site \
+      && printf '#!/bin/sh\nexec python -m hashbench "$@"\n' > .site/bin/hashbench && chmod +x .site/bin/hashbench
+    stage quickstart 240 bash -c 'rm -rf /tmp/qs && mkdir -p /tmp/qs && cd /tmp/qs && time python -m hashbench quickstart'
+    stage trial "$(( $(left) - 10 ))" bash benchmarks/gpu_acceptance.sh trial
+    save Q
     ;;
   *) echo "unknown call $CALL" >&2; exit 2 ;;
 esac
