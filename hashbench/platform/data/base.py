@@ -18,10 +18,15 @@ SPLIT_ALIASES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 
 _FLAGS = {"ratios": "--split"}
 
 
+def flag(name: str) -> str:
+    """The ``hashbench data prepare`` flag of the preparation setting ``name``, e.g. ``--mask-values``."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 def option(name: str) -> str:
     """A preparation setting as errors name it, for Python callers and the CLI alike: its Python name
     (an :class:`Options` field or a ``prepare`` keyword) and its flag, e.g. ``mask_values (--mask-values)``."""
-    return f"{name} ({_FLAGS.get(name, '--' + name.replace('_', '-'))})"
+    return f"{name} ({flag(name)})"
 
 
 @dataclass

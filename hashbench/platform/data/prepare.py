@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from hashbench.platform.data.base import MASK_VALUES, Loaded, Options, option
+from hashbench.platform.data.base import MASK_VALUES, Loaded, Options, flag, option
 from hashbench.platform.data.images import FITS, check_size
 from hashbench.platform.data.split import check_ratios, resolve_split
 from hashbench.platform.data.store import BUILTIN_ROOT, PreparedDataset, StoreExistsError, data_root, write_store
@@ -98,7 +98,7 @@ def prepare(name: str, source: str | Path, format: str | None = None, *,
     size_flag = option("size")
     if opts.size is None and format != "medmnist":
         if format == "points" and opts.patch:
-            opts.size, size_flag = opts.patch, f"{option('size')[:-1]}, defaulting to {option('patch')})"
+            opts.size, size_flag = opts.patch, f"size ({flag('size')}, defaulting to {option('patch')})"
         else:
             opts.size = DEFAULT_SIZE
     if opts.size is not None:
