@@ -24,7 +24,9 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # The histogram tile (BQ BN WARPS) decides the tie-aware time; the index time adds the top-k list
 # kernel (LIST_*). SET=1 (default) runs SETTINGS; SET=2 runs SETTINGS2 (session 7: around BQ=16), SET=3
 # SETTINGS3 (around BQ=8, the best of SET=2), SET=4 SETTINGS4 (BASE=now: around the defaults picked from
-# grid 3, and the opt-in device-side re-count RECOUNT=device against the host check).
+# grid 3, and the opt-in device-side re-count RECOUNT=device against the host check), SET=5 SETTINGS5
+# (BASE=now, session 9: around the defaults with the query words preloaded per program, where a thread's
+# registers hold its queries' words and larger query blocks cost fewer loads).
 SETTINGS="
 default
 onepass      ONEPASS=1
@@ -93,12 +95,26 @@ l8w2         LIST_BQ=8
 l4w1         LIST_WARPS=1
 l4w4         LIST_WARPS=4
 "
+SETTINGS5="
+default
+recount_dev  RECOUNT=device
+bq16         BQ=16
+bq16rd       BQ=16 RECOUNT=device
+bq16w4       BQ=16 WARPS=4
+bq16bn512    BQ=16 BN=512
+bq4          BQ=4
+bn512        BN=512
+w4           WARPS=4
+c8k          CHUNK=8192
+c64k         CHUNK=65536
+l8w4         LIST_BQ=8 LIST_WARPS=4
+"
 case ${SET:-1} in
   1) ;;
-  2|3|4) sel=SETTINGS$SET; SETTINGS=${!sel} ;;
-  *) echo "fused_tune.sh: SET=$SET: expected 1, 2, 3 or 4" >&2; exit 2 ;;
+  2|3|4|5) sel=SETTINGS$SET; SETTINGS=${!sel} ;;
+  *) echo "fused_tune.sh: SET=$SET: expected 1, 2, 3, 4 or 5" >&2; exit 2 ;;
 esac
-[ "${SET:-1}" = 4 ] && BASE=${BASE:-now}
+[ "${SET:-1}" -ge 4 ] && BASE=${BASE:-now}
 GRID=${GRID:-$(echo "$SETTINGS" | awk 'NF {print $1}')}
 echo "fused kernel settings, $DEVICE, $(date -u +%H:%M:%S) UTC; TOTAL_S=$TOTAL_S COMBO_S=$COMBO_S REPEAT=$REPEAT BASE=${BASE:-old} ARGS=$ARGS"
 echo "| setting (changed tunables) | tie-aware ms | index ms | pairs taken % (tie-aware full pass) | mAP tie-aware | mAP index | same mAP as default |"

@@ -26,7 +26,9 @@
 #       grid (fused_tune.sh SET=2), then the acceptance benchmark at the picked tunables (fused_pick.py);
 #       SET=3 HUGE=0 RESERVE_S=80 BUDGET=230: the third grid (around BQ=8), no before/now rows, no 100k x 10M;
 #       SET=4 RESERVE_S=130 BUDGET=470 (next: on an H200): grid 4 around today's defaults and the opt-in
-#       device-side re-count (HASHBENCH_FUSED_RECOUNT=device), then the benchmark at its pick
+#       device-side re-count (HASHBENCH_FUSED_RECOUNT=device), then the benchmark at its pick;
+#       SET=5 RESERVE_S=130 BUDGET=500 (session 9, carry .gpudata/before = git archive a13aec2 with a COMMIT
+#       file): before / now at the defaults, grid 5 around the hoisted-load kernels, the benchmark at its pick
 #   (no carry)                                         bash benchmarks/gpu_session5.sh D
 #       only if B's time ran out: resume both paper sweeps; the paper tables
 # Device calls that must not see uncommitted edits in the checkout run a snapshot of HEAD:
@@ -133,11 +135,11 @@ case $CALL in
       # the acceptance benchmark (bench_eval.py: fused vs torch vs numpy, 10k x 1M and 100k x 10M), the
       # equality check and the profile, all at the tunables fused_pick.py takes from the grid
     rm -rf "${RES:?}"/* && mkdir -p "$RES/fused_tune2" "$RES/fused_best"
-    if [ "${SET:-2}" = 2 ]; then
+    if [ -d .gpudata/before ] && { [ "${SET:-2}" = 2 ] || [ "${SET:-2}" = 5 ]; }; then
     python benchmarks/fused_profile.py --device cuda --time-only --label now-defaults --repeat 5 \
         --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json > "$RES/fused_tune2/now_defaults.md" 2>&1
     ( cd .gpudata/before && PYTHONPATH=$PWD timeout 60 python benchmarks/fused_profile.py --device cuda --time-only \
-        --label before-df5781e --repeat 5 --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json ) \
+        --label "before-$(cat .gpudata/before/COMMIT 2>/dev/null || echo df5781e)" --repeat 5 --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json ) \
         > "$RES/fused_tune2/before.md" 2>&1
     grep -h '^|' "$RES/fused_tune2/now_defaults.md" "$RES/fused_tune2/before.md" | tail -n 2; save F
     fi

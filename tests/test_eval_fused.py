@@ -68,9 +68,9 @@ def codes(rng, n, bits, dup_of=None):
     return x
 
 
-def labels(rng, nq, n, multi, classes=5):
+def labels(rng, nq, n, multi, classes=5, n_labels=40):
     if multi:
-        return rng.random((nq, 40)) < 0.06, rng.random((n, 40)) < 0.06
+        return rng.random((nq, n_labels)) < 0.06, rng.random((n, n_labels)) < 0.06
     ql = rng.integers(0, classes + 1, nq)       # class `classes` is absent from the database
     return ql, rng.integers(0, classes, n)
 
@@ -92,19 +92,24 @@ def t(x):
 
 
 # ---------------------------------------------------------------- kernels
-@pytest.mark.parametrize("bits,multi,key64", [(8, False, False), (31, True, True), (64, False, False),
-                                            (100, True, True), (1024, False, False)])
-def test_histograms_and_ranking_against_brute_force(bits, multi, key64, monkeypatch):
+# code words W = ceil(bits / 32): 1, 2, 3 and 4 are preloaded per program (fused_triton._word), 5 and 32
+# are loaded with every tile; multi-hot label words 1 and 2 are preloaded, 3 (70 labels) loaded per tile
+@pytest.mark.parametrize("bits,multi,key64,n_labels", [(8, False, False, 0), (31, True, True, 40),
+                                                     (64, False, False, 0), (96, True, False, 20),
+                                                     (100, True, True, 40), (128, True, False, 70),
+                                                     (160, False, False, 0), (1024, False, False, 0)])
+def test_histograms_and_ranking_against_brute_force(bits, multi, key64, n_labels, monkeypatch):
     if key64:                                   # int64 top-k keys (databases of over 2^31 / (bits+1) items)
         monkeypatch.setattr(FT, "KEY32_LIMIT", 0)
     rng = np.random.default_rng(bits)
     nq, n = 11, 300 if bits < 1024 else 200
     q = codes(rng, nq, bits)
     db = codes(rng, n, bits, dup_of=q[0])
-    ql, dl = labels(rng, nq, n, multi)
+    ql, dl = labels(rng, nq, n, multi, n_labels=n_labels)
     d, rel = reference(q, db, ql, dl)
     n_ref, r_ref = hist_ref(d, rel, bits)
     fh = FT.FusedHamming(t(db), t(dl))
+    assert fh.db_w.shape[0] == -(-bits // 32) and (not multi or fh.db_l.shape[0] == -(-n_labels // 32))
     n_all, r_all = fh.histograms(t(q), t(ql))
     np.testing.assert_array_equal(n_all.cpu().numpy(), n_ref)
     np.testing.assert_array_equal(r_all.cpu().numpy(), r_ref)
