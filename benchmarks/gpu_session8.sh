@@ -8,7 +8,8 @@
 #       configs/gpu_packing.yaml, 0.125 and 1 GPU per trial) under --mps; with NOBENCH_S the 0.125 run
 #       again with train.cudnn_benchmark: false in the last NOBENCH_S seconds
 #   carry [".gpu"]  bash benchmarks/gpu_session8.sh Q
-#       (next) the quickstart on the GPU (the brief's 107 s on an H200 against 35 s on 2 CPU cores, before
+#       (session 9) issue 14's float top-k (bench_float_topk.py: 10k x 1M x 128, tiled vs whole matrix),
+#       the quickstart on the GPU (the brief's 107 s on an H200 against 35 s on 2 CPU cores, before
 #       the trial thread and cudnn_benchmark), then bench_trial.py's GPU stage (dch and drh-nq, 8 trials)
 set -uo pipefail
 . benchmarks/gpu_common.sh
@@ -43,6 +44,7 @@ case $CALL in
     save P
     ;;
   Q)
+    stage float_topk 100 python benchmarks/bench_float_topk.py --device cuda
     mkdir -p .site/bin && tar -xJf .gpu/bundle.tar.xz -C .site \
       && printf '#!/bin/sh\nexec python -m hashbench "$@"\n' > .site/bin/hashbench && chmod +x .site/bin/hashbench
     stage quickstart 240 bash -c 'rm -rf /tmp/qs && mkdir -p /tmp/qs && cd /tmp/qs && time python -m hashbench quickstart'
