@@ -139,7 +139,7 @@ case $CALL in
     python benchmarks/fused_profile.py --device cuda --time-only --label now-defaults --repeat 5 \
         --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json > "$RES/fused_tune2/now_defaults.md" 2>&1
     ( cd .gpudata/before && PYTHONPATH=$PWD timeout 60 python benchmarks/fused_profile.py --device cuda --time-only \
-        --label "before-$(cat .gpudata/before/COMMIT 2>/dev/null || echo df5781e)" --repeat 5 --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json ) \
+        --label "before-$(cat COMMIT 2>/dev/null || echo df5781e)" --repeat 5 --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json ) \
         > "$RES/fused_tune2/before.md" 2>&1
     grep -h '^|' "$RES/fused_tune2/now_defaults.md" "$RES/fused_tune2/before.md" | tail -n 2; save F
     fi

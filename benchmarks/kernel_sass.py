@@ -98,11 +98,21 @@ def main(argv=None) -> int:
     ap.add_argument("--show", type=int, help="print the tile loop of this row")
     a = ap.parse_args(argv)
     if a.tree:
+        if not os.path.isfile(os.path.join(a.tree, "hashbench", "platform", "evaluation", "fused_triton.py")):
+            print(f"kernel_sass: --tree {a.tree}: no hashbench/platform/evaluation/fused_triton.py there",
+                  file=sys.stderr)
+            return 2
         sys.path.insert(0, os.path.abspath(a.tree))
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        print(f"kernel_sass: needs Triton ({exc}); pip install -e '.[dev]'", file=sys.stderr)
+        return 2
     try:
         from hashbench.platform.evaluation import fused_triton as ft
     except ImportError as exc:
-        print(f"kernel_sass: needs Triton ({exc}); pip install -e '.[dev]'", file=sys.stderr)
+        where = f"--tree {a.tree}" if a.tree else "this environment"
+        print(f"kernel_sass: cannot import hashbench's fused kernels from {where} ({exc})", file=sys.stderr)
         return 2
     print(f"fused kernels of {os.path.dirname(ft.__file__)}, sm_{a.arch}, tile loop per thread\n")
     print("| # | kernel | instructions per tile | pairs per thread | instructions per pair | loads per pair | "

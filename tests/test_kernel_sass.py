@@ -78,3 +78,8 @@ def test_script_prints_a_row_per_case_and_compares_another_tree(tmp_path):
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == len(_module().CASES)
     assert ROOT in out.stdout.splitlines()[0]
+
+
+def test_a_tree_without_the_kernels_is_refused(tmp_path):
+    out = subprocess.run([sys.executable, SCRIPT, "--tree", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"--tree {tmp_path}" in out.stderr and "fused_triton.py" in out.stderr
