@@ -26,7 +26,8 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # SETTINGS3 (around BQ=8, the best of SET=2), SET=4 SETTINGS4 (BASE=now: around the defaults picked from
 # grid 3, and the opt-in device-side re-count RECOUNT=device against the host check), SET=5 SETTINGS5
 # (BASE=now, session 9: around the defaults with the query words preloaded per program, where a thread's
-# registers hold its queries' words and larger query blocks cost fewer loads).
+# registers hold its queries' words and larger query blocks cost fewer loads), SET=6 SETTINGS6 (BASE=now,
+# session 9: the top-k list kernel's tile once it computes each distance once).
 SETTINGS="
 default
 onepass      ONEPASS=1
@@ -109,10 +110,24 @@ c8k          CHUNK=8192
 c64k         CHUNK=65536
 l8w4         LIST_BQ=8 LIST_WARPS=4
 "
+SETTINGS6="
+default
+l8w4         LIST_BQ=8 LIST_WARPS=4
+l8w8         LIST_BQ=8 LIST_WARPS=8
+l16w8        LIST_BQ=16 LIST_WARPS=8
+l8w2         LIST_BQ=8 LIST_WARPS=2
+l4w4         LIST_WARPS=4
+l4w1         LIST_WARPS=1
+l2w2         LIST_BQ=2
+lbn128       LIST_BN=128
+lbn512       LIST_BN=512
+l16w4        LIST_BQ=16 LIST_WARPS=4
+recount_dev  RECOUNT=device
+"
 case ${SET:-1} in
   1) ;;
-  2|3|4|5) sel=SETTINGS$SET; SETTINGS=${!sel} ;;
-  *) echo "fused_tune.sh: SET=$SET: expected 1, 2, 3, 4 or 5" >&2; exit 2 ;;
+  2|3|4|5|6) sel=SETTINGS$SET; SETTINGS=${!sel} ;;
+  *) echo "fused_tune.sh: SET=$SET: expected 1 to 6" >&2; exit 2 ;;
 esac
 [ "${SET:-1}" -ge 4 ] && BASE=${BASE:-now}
 GRID=${GRID:-$(echo "$SETTINGS" | awk 'NF {print $1}')}

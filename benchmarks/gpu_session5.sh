@@ -28,7 +28,8 @@
 #       SET=4 RESERVE_S=130 BUDGET=470 (next: on an H200): grid 4 around today's defaults and the opt-in
 #       device-side re-count (HASHBENCH_FUSED_RECOUNT=device), then the benchmark at its pick;
 #       SET=5 RESERVE_S=130 BUDGET=500 (session 9, carry .gpudata/before = git archive a13aec2 with a COMMIT
-#       file): before / now at the defaults, grid 5 around the hoisted-load kernels, the benchmark at its pick
+#       file): before / now at the defaults, grid 5 around the hoisted-load kernels, the benchmark at its pick;
+#       SET=6 the same with grid 6 (the list kernel's tile), .gpudata/before = the tree before the list fix
 #   (no carry)                                         bash benchmarks/gpu_session5.sh D
 #       only if B's time ran out: resume both paper sweeps; the paper tables
 # Device calls that must not see uncommitted edits in the checkout run a snapshot of HEAD:
@@ -135,7 +136,7 @@ case $CALL in
       # the acceptance benchmark (bench_eval.py: fused vs torch vs numpy, 10k x 1M and 100k x 10M), the
       # equality check and the profile, all at the tunables fused_pick.py takes from the grid
     rm -rf "${RES:?}"/* && mkdir -p "$RES/fused_tune2" "$RES/fused_best"
-    if [ -d .gpudata/before ] && { [ "${SET:-2}" = 2 ] || [ "${SET:-2}" = 5 ]; }; then
+    if [ -d .gpudata/before ] && { [ "${SET:-2}" = 2 ] || [ "${SET:-2}" -ge 5 ]; }; then
     python benchmarks/fused_profile.py --device cuda --time-only --label now-defaults --repeat 5 \
         --cache /tmp/fused_case.npz --ref /tmp/fused_ref.json > "$RES/fused_tune2/now_defaults.md" 2>&1
     ( cd .gpudata/before && PYTHONPATH=$PWD timeout 60 python benchmarks/fused_profile.py --device cuda --time-only \

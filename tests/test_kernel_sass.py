@@ -43,7 +43,7 @@ def _hist_args(mod, W, BQ=8, BN=256, warps=8, **extra):
 
 def _per_pair(ks, W, **kw):
     args = _hist_args(ks, W, **kw)
-    body = ks.tile_loop(ks.compile_sass(*args))
+    body = [ins for _, ins in ks.tile_loop(ks.compile_sass(*args))]
     ops = ks.opcodes(body)
     ppt = args[2]["BQ"] * args[2]["BN"] / (32 * args[3])
     return len(body) / ppt, ops["POPC"] / ppt, ops["LDG"]
@@ -68,6 +68,27 @@ def test_longer_codes_load_query_words_in_the_loop(ks):
     _, popc, loads = _per_pair(ks, W=8)                  # 256 bits: past the 4 preloaded words
     # each tile loads the 8 queries' words 1..7 again (word 0 stays preloaded), the item's 8 words, its label
     assert popc == 8.0 and loads == 7 * 8 + 8 + 1
+
+
+def test_list_kernel_computes_each_distance_once(ks):
+    # contiguous counters gave the counter atomics and the key stores two layouts, and the compiler
+    # computed each distance twice (4 POPC per pair at 64 bits, shared-memory conversions in the loop)
+    from hashbench.platform.evaluation import fused_triton as ft
+
+    for key64 in (False, True):
+        ce = dict(W=2, BQ=4, BN=256, KEY64=key64)
+        body = ks.tile_loop(ks.compile_sass(ft._list_kernel, ks.LIST, ce, 2, 90))
+        run = ks.always_run(body)
+        ops = ks.opcodes(run)
+        ppt = 4 * 256 / 64
+        assert ops["POPC"] / ppt == 2.0 and ops["LDS"] == 0 and ops["BAR"] == 0
+        assert len(run) < len(body)                      # the atomics and stores sit behind branches
+
+
+def test_always_run_leaves_out_what_a_forward_branch_jumps_over(ks):
+    body = [(0x10, "LOP3.LUT R1, R2, R3, RZ, 0x3c, !PT"), (0x20, "@!P0 BRA 0x50"), (0x30, "IMAD.MOV.U32 R4, RZ, RZ, 0x1"),
+            (0x40, "REDG.E.ADD.STRONG.GPU desc[UR4][R6.64], R4"), (0x50, "BSYNC B0"), (0x60, "@P1 BRA 0x10")]
+    assert ks.always_run(body) == ["LOP3.LUT R1, R2, R3, RZ, 0x3c, !PT", "@!P0 BRA 0x50", "BSYNC B0", "@P1 BRA 0x10"]
 
 
 def test_script_prints_a_row_per_case_and_compares_another_tree(tmp_path):
