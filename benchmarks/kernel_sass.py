@@ -38,8 +38,8 @@ CASES = [
     ("hist 64 bits, multi-hot 40 labels", HIST, dict(W=2, LW=2, MULTI=True, BQ=8, BN=256), 8),
     ("hist 64 bits, counts only (sample / top-k counting pass)", HIST,
      dict(W=2, LW=1, MULTI=False, BQ=8, BN=256, REL=False), 8),
-    ("list 64 bits, LIST_BQ=4 LIST_BN=256, 2 warps (default)", LIST, dict(W=2, BQ=4, BN=256), 2),
-    ("list 64 bits, LIST_BQ=8 LIST_BN=256, 4 warps", LIST, dict(W=2, BQ=8, BN=256), 4),
+    ("list 64 bits, LIST_BQ=8 LIST_BN=256, 8 warps (default)", LIST, dict(W=2, BQ=8, BN=256), 8),
+    ("list 64 bits, LIST_BQ=4 LIST_BN=256, 2 warps (the default before session 9)", LIST, dict(W=2, BQ=4, BN=256), 2),
     ("list 64 bits, int64 keys (over 2^31 / (bits + 1) items)", LIST, dict(W=2, BQ=4, BN=256, KEY64=True), 2),
 ]
 HIST_SIG = {"qw_ptr": "*i32", "dbw_ptr": "*i32", "ql_ptr": "*i32", "dl_ptr": "*i32", "thr_ptr": "*i32",

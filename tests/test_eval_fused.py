@@ -22,29 +22,9 @@ import torch
 
 pytest.importorskip("triton")
 
-ON_CUDA = os.environ.get("HASHBENCH_FUSED_CUDA") == "1"
-if ON_CUDA and not torch.cuda.is_available():
-    pytest.skip("HASHBENCH_FUSED_CUDA=1 but no CUDA device", allow_module_level=True)
-DEV = "cuda" if ON_CUDA else "cpu"
+from _triton_interp import DEV, ON_CUDA, import_interpreted  # noqa: E402
 
-
-def _import_interpreted():
-    """Import fused_triton with the interpreter on (CPU) without leaving the variable set."""
-    if ON_CUDA:
-        return importlib.import_module("hashbench.platform.evaluation.fused_triton")
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        sys.modules.pop("hashbench.platform.evaluation.fused_triton", None)
-        return importlib.import_module("hashbench.platform.evaluation.fused_triton")
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
-
-
-FT = _import_interpreted()
+FT, _ = import_interpreted()
 
 from hashbench.platform.errors import HashbenchError  # noqa: E402
 from hashbench.platform.evaluation import engines, evaluate, fused_engine, fused_float  # noqa: E402
@@ -366,6 +346,27 @@ def test_kernel_failure_falls_back_to_torch(monkeypatch):
     assert fused_engine.LAST_ERROR and "simulated" in fused_engine.LAST_ERROR[-1]
 
 
+def test_tie_sums_kernel_failure_falls_back_to_the_torch_sums(monkeypatch):
+    """A failing tie-sums kernel: a warning, the torch form of the sums, the torch engine's numbers."""
+    _, fts = import_interpreted()
+    rng = np.random.default_rng(10)
+    q, db = codes(rng, 7, 16), codes(rng, 90, 16)
+    ql, dl = labels(rng, 7, 90, False)
+    kw = dict(ks=(5, 20, "all"), map_at_r=True, device=DEV, ties="tie-aware")
+    want = evaluate(q, db, ql, dl, engine="torch", **kw)
+
+    def broken(*_a, **_k):
+        raise RuntimeError("tie sums failed: simulated")
+
+    monkeypatch.setattr(fts, "grouped_sums", broken)
+    fused_engine.LAST_ERROR.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _compare(want, evaluate(q, db, ql, dl, engine="fused", **kw))
+    assert any("fused tie sums" in str(w.message) and "torch" in str(w.message) for w in caught)
+    assert fused_engine.LAST_ERROR and "simulated" in fused_engine.LAST_ERROR[-1]
+
+
 def test_engine_choice(monkeypatch):
     assert engines.choose_engine("auto", torch.device("cpu")) in ("faiss", "torch")
     monkeypatch.setattr(engines, "_fused_available", lambda dev: True)
@@ -447,13 +448,18 @@ class _HostReadSites(HostReads):
             self.sites.append((os.path.basename(path), linecache.getline(path, frame.f_lineno).strip()))
 
 
+@pytest.mark.parametrize("kernel", [True, False])
 @pytest.mark.parametrize("multi", [False, True])
-def test_device_recount_tail_is_sync_free_and_equals_torch(multi, monkeypatch):
-    """HASHBENCH_FUSED_RECOUNT=device: the tie-aware sums after the thresholded histograms take the
-    sync-free form (every AP column with hmax = its cut-off) and give the torch engine's metrics; from
-    the histograms' passes to the final averages no hashbench code reads a tensor on the host but
-    summary.py's averages and core's count of queries without relevant items (the end of the call). The
-    host re-count (default) reads in fused_triton and tie_sums: the same check fails on it."""
+def test_device_recount_tail_is_sync_free_and_equals_torch(multi, kernel, monkeypatch):
+    """HASHBENCH_FUSED_RECOUNT=device: the tie-aware sums after the thresholded histograms take no host
+    sync and give the torch engine's metrics; from the histograms' passes to the final averages no
+    hashbench code reads a tensor on the host but summary.py's averages and core's count of queries
+    without relevant items (the end of the call). The sums come from fused_tie_sums' kernel (``kernel``),
+    or, where it is not taken (here forced: more levels than TIE_SUMS_MAX_GROUPS), from the sync-free
+    torch form (every AP column with hmax = its cut-off). The host re-count (default) reads in
+    fused_triton (and, without the kernel, in tie_sums): the same check fails on it."""
+    if not kernel:
+        monkeypatch.setattr(fused_engine, "TIE_SUMS_MAX_GROUPS", 0)
     rng = np.random.default_rng(21 + multi)
     bits, nq, n = 16, 11, 300
     q = codes(rng, nq, bits)
@@ -468,9 +474,9 @@ def test_device_recount_tail_is_sync_free_and_equals_torch(multi, monkeypatch):
         hmaxes.clear()
         with _HostReadSites(monkeypatch) as reads:
             res = evaluate(q, db, ql, dl, engine="fused", **kw)
-        assert hmaxes == [n if k == "all" else k for k in ks]
+        assert hmaxes == ([] if kernel else [n if k == "all" else k for k in ks])
         _compare(ref, res)
-        if not ON_CUDA:                                         # the CPU's sums: bit for bit
+        if not ON_CUDA and not kernel:                          # the CPU's torch sums: bit for bit
             assert all(res[f"mAP@{k}"] == ref[f"mAP@{k}"] for k in ks)
         assert reads.after and reads.sites                      # it looked (the averages read at the end)
         assert all(f == "summary.py" or (f == "core.py" and "queries_without_relevant" in line)
@@ -479,6 +485,6 @@ def test_device_recount_tail_is_sync_free_and_equals_torch(multi, monkeypatch):
         hmaxes.clear()
         with _HostReadSites(monkeypatch) as reads_host:
             _compare(ref, evaluate(q, db, ql, dl, engine="fused", **kw))
-        assert hmaxes == [None] * len(ks)
+        assert hmaxes == ([] if kernel else [None] * len(ks))
         host_files = {f for f, _ in reads_host.sites}
-        assert "tie_sums.py" in host_files and ("fused_triton.py" in host_files) == ("all" not in ks)
+        assert ("tie_sums.py" in host_files) != kernel and ("fused_triton.py" in host_files) == ("all" not in ks)

@@ -25,8 +25,28 @@ def _module():
     return mod
 
 
+def _compiled_kernels():
+    """A private copy of fused_triton with compiled (not interpreted) kernels: the interpreted one that
+    other test files import may be in ``sys.modules``, and ``triton.jit`` fixed its mode at import."""
+    path = os.path.join(ROOT, "hashbench", "platform", "evaluation", "fused_triton.py")
+    old = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        spec = importlib.util.spec_from_file_location("_fused_triton_compiled", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        if old is not None:
+            os.environ["TRITON_INTERPRET"] = old
+    return mod
+
+
+FT = None
+
+
 @pytest.fixture(scope="module")
 def ks():
+    global FT
+    FT = _compiled_kernels()
     mod = _module()
     try:
         mod.compile_sass(*_hist_args(mod, W=1))
@@ -36,9 +56,7 @@ def ks():
 
 
 def _hist_args(mod, W, BQ=8, BN=256, warps=8, **extra):
-    from hashbench.platform.evaluation import fused_triton as ft
-
-    return ft._hist_kernel, mod.HIST, dict(W=W, LW=1, MULTI=False, BQ=BQ, BN=BN, **extra), warps, 90
+    return FT._hist_kernel, mod.HIST, dict(W=W, LW=1, MULTI=False, BQ=BQ, BN=BN, **extra), warps, 90
 
 
 def _per_pair(ks, W, **kw):
@@ -73,11 +91,9 @@ def test_longer_codes_load_query_words_in_the_loop(ks):
 def test_list_kernel_computes_each_distance_once(ks):
     # contiguous counters gave the counter atomics and the key stores two layouts, and the compiler
     # computed each distance twice (4 POPC per pair at 64 bits, shared-memory conversions in the loop)
-    from hashbench.platform.evaluation import fused_triton as ft
-
     for key64 in (False, True):
         ce = dict(W=2, BQ=4, BN=256, KEY64=key64)
-        body = ks.tile_loop(ks.compile_sass(ft._list_kernel, ks.LIST, ce, 2, 90))
+        body = ks.tile_loop(ks.compile_sass(FT._list_kernel, ks.LIST, ce, 2, 90))
         run = ks.always_run(body)
         ops = ks.opcodes(run)
         ppt = 4 * 256 / 64

@@ -20,6 +20,8 @@ from hashbench.platform.evaluation.inputs import Prepared
 from hashbench.platform.errors import HashbenchError
 
 F64 = torch.float64
+#: tie groups (Hamming levels) up to which the tie-aware sums take the kernel (codes of up to 2048 bits)
+TIE_SUMS_MAX_GROUPS = 2049
 #: the last kernel failure of this process (None: none), for diagnostics (benchmarks print it)
 LAST_ERROR: list = []
 
@@ -49,6 +51,7 @@ class FusedEngine(TorchEngine):
 
         self.distance, self.n, self.device, self.bits = prep.distance, prep.db.shape[0], prep.db.device, prep.dim
         self.kern = FusedHamming(prep.db, prep.db_labels)
+        self._lf = None
 
     # ---- fallback ------------------------------------------------------------------------------
     def _fallback(self) -> TorchEngine:
@@ -80,6 +83,27 @@ class FusedEngine(TorchEngine):
         from hashbench.platform.evaluation.fused_triton import RECOUNT
 
         return self._prep.binary and RECOUNT == "device"
+
+    def tie_sums(self, n, r, cutoffs, harm, need_ap_hits: bool, ap_columns: int, ks: list):
+        """``metrics.grouped_sums`` of the Hamming histograms by :mod:`fused_tie_sums` (one program per
+        query, no host sync); the torch form if the kernel fails, or for more than
+        :data:`TIE_SUMS_MAX_GROUPS` levels."""
+        out = None
+        if n.shape[1] <= TIE_SUMS_MAX_GROUPS:
+            out = self._run("tie sums", self._tie_sums, n, r, cutoffs, harm, need_ap_hits, ap_columns, ks)
+        if out is None:
+            from hashbench.platform.evaluation import metrics as M
+
+            return M.grouped_sums(n, r, cutoffs, harm, need_ap_hits=need_ap_hits, ap_columns=ap_columns,
+                                  sync_free_ks=ks if self.sync_free else None)
+        return out
+
+    def _tie_sums(self, n, r, cutoffs, harm, need_ap_hits, ap_columns, ks):
+        from hashbench.platform.evaluation import fused_tie_sums as FTS
+
+        if self._lf is None:                       # log x! up to the database size, once per engine
+            self._lf = FTS.log_factorials(self.n, self.device)
+        return FTS.grouped_sums(n, r, cutoffs, harm, self._lf, ks, need_ap_hits=need_ap_hits, ap_columns=ap_columns)
 
     # ---- interface -----------------------------------------------------------------------------
     def label_histograms(self, q: torch.Tensor, q_labels: torch.Tensor, k: int | None = None, min_level: int = 0):

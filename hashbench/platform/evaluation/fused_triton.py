@@ -69,8 +69,9 @@ BQ, BN = _tunable("BQ", 8), _tunable("BN", 256)
 #: warps per program (histogram kernel)
 WARPS = _tunable("WARPS", 8)
 #: the top-k list kernel's own tile and warps (HASHBENCH_FUSED_LIST_BQ / _LIST_BN / _LIST_WARPS): it does
-#: more per taken pair (a slot from an atomic counter, a key store)
-LIST_BQ, LIST_BN, LIST_WARPS = _tunable("LIST_BQ", 4), _tunable("LIST_BN", 256), _tunable("LIST_WARPS", 2)
+#: more per taken pair (a slot from an atomic counter, a key store). 8 / 256 / 8 since session 9 (grid 6 and
+#: five processes each on one H100: index ties 18.5 ms against 19.6 at the earlier 4 / 256 / 2)
+LIST_BQ, LIST_BN, LIST_WARPS = _tunable("LIST_BQ", 8), _tunable("LIST_BN", 256), _tunable("LIST_WARPS", 8)
 #: database items whose histogram estimates the per-query threshold at cut-offs k < N
 SAMPLE = _tunable("SAMPLE", 8192, power_of_2=False)
 #: items per program along the database (rounded down to a multiple of the tile's BN)
