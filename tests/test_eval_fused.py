@@ -206,10 +206,16 @@ def test_bad_tunable_is_an_error_of_engine_auto_not_a_silent_fallback(monkeypatc
 
 
 def test_bad_recount_setting_is_named(monkeypatch):
-    monkeypatch.setenv("HASHBENCH_FUSED_RECOUNT", "gpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("HASHBENCH_FUSED_RECOUNT", raising=False)
+    spec = importlib.util.spec_from_file_location("ft_default_recount", FT.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.RECOUNT == "device"                              # the default: no host sync after the full pass
+    monkeypatch.setenv("HASHBENCH_FUSED_RECOUNT", "gpu")
     spec = importlib.util.spec_from_file_location("ft_bad_recount", FT.__file__)
-    with pytest.raises(HashbenchError, match="HASHBENCH_FUSED_RECOUNT='gpu': expected 'host' or 'device'"):
+    with pytest.raises(HashbenchError, match="HASHBENCH_FUSED_RECOUNT='gpu': expected 'host' or 'device'; "
+                                             "unset it for 'device'"):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 

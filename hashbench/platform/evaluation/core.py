@@ -172,8 +172,9 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
     if grouped and not prep.binary:
         depth = n_eff
     harm = M.harmonic_table(n_db, dev) if grouped else None
-    # the fused histograms without a host sync (HASHBENCH_FUSED_RECOUNT=device): the tie-aware sums after
-    # them take none either (the cut-offs bound their tables), so the host queues them while the kernels run
+    # the fused histograms without a host sync (HASHBENCH_FUSED_RECOUNT=device, the default): the tie-aware
+    # sums after them take none either (fused_tie_sums, or the torch form whose tables the cut-offs bound),
+    # so the host queues them while the kernels run
     sync_free = fused and eng.sync_free
     labels_np = _compact_labels(prep) if dev.type == "cpu" and not grouped and not kernels else None
 

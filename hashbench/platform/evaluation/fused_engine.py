@@ -78,8 +78,8 @@ class FusedEngine(TorchEngine):
 
     @property
     def sync_free(self) -> bool:
-        """Whether the histograms come without a host sync (``HASHBENCH_FUSED_RECOUNT=device``, read when
-        asked): ``core.evaluate`` then computes the tie-aware sums after them without one either."""
+        """Whether the histograms come without a host sync (``HASHBENCH_FUSED_RECOUNT=device``, the default;
+        read when asked): ``core.evaluate`` then computes the tie-aware sums after them without one either."""
         from hashbench.platform.evaluation.fused_triton import RECOUNT
 
         return self._prep.binary and RECOUNT == "device"

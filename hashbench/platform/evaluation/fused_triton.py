@@ -80,14 +80,16 @@ CHUNK = _tunable("CHUNK", 1 << 14, power_of_2=False)
 #: counting pass; rows get ROOM times the sample's estimate of their length (HASHBENCH_FUSED_ROOM)
 ONEPASS = _env("HASHBENCH_FUSED_ONEPASS", "0") == "1"
 ROOM = float(_env("HASHBENCH_FUSED_ROOM", 2.0))
-#: where the rows whose sample threshold fell short of k are counted again: "host" (default: a sync reads
-#: whether any is short, then only those rows are launched) or "device" (opt-in, HASHBENCH_FUSED_RECOUNT:
-#: no sync; a second launch over every query in which the rows that are not short take nothing and
-#: skip their tiles, so the host can queue the work after it while the full pass runs; core.evaluate then
-#: takes the sync-free tie-aware sums too: FusedEngine.sync_free, tie_sums.expected_ap_hits's hmax)
-RECOUNT = _env("HASHBENCH_FUSED_RECOUNT", "host")
+#: where the rows whose sample threshold fell short of k are counted again (HASHBENCH_FUSED_RECOUNT):
+#: "device" (default since session 9: no sync; a second launch over every query in which the rows that are
+#: not short take nothing and skip their tiles, so the host queues the work after it while the full pass
+#: runs, and the tie-aware sums after it take no sync either: fused_tie_sums, or without it
+#: FusedEngine.sync_free and tie_sums.expected_ap_hits's hmax) or "host" (a sync reads whether any row is
+#: short, then only those rows are launched). On one H100, 10k x 1M, mAP@1000 tie-aware: 9.3-9.9 ms
+#: against 9.6-10.8 (benchmarks/fused_variance.py, two processes of three copies each)
+RECOUNT = _env("HASHBENCH_FUSED_RECOUNT", "device")
 if RECOUNT not in ("host", "device"):
-    raise HashbenchError(f"HASHBENCH_FUSED_RECOUNT={RECOUNT!r}: expected 'host' or 'device'; unset it for 'host'")
+    raise HashbenchError(f"HASHBENCH_FUSED_RECOUNT={RECOUNT!r}: expected 'host' or 'device'; unset it for 'device'")
 #: largest number of keys sorted at once in the top-k pass (queries x row length)
 SORT_BUDGET = 1 << 27
 #: top-k keys ``distance * N + index`` are int32 below this (the int32 maximum pads the rows)
