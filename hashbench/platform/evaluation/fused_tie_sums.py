@@ -25,6 +25,7 @@ Importing this module raises ImportError when Triton is missing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -159,7 +160,7 @@ def grouped_sums(n: torch.Tensor, r: torch.Tensor, cutoffs: torch.Tensor, harm: 
     s = torch.empty_like(hits)
     ap = torch.empty(max(n_ap, 1), q, dtype=F64, device=n.device)
     bg = triton.next_power_of_2(max(G, 1))
-    with (torch.cuda.device(n.device) if n.device.type == "cuda" else _null()):
+    with (torch.cuda.device(n.device) if n.device.type == "cuda" else contextlib.nullcontext()):
         for c in range(m_cols):
             want_ap = c < n_ap
             hb = triton.next_power_of_2(min(int(ks[c]), lf.numel() - 1) + 1) if (want_ap and INTERPRET) else BH
@@ -167,10 +168,3 @@ def grouped_sums(n: torch.Tensor, r: torch.Tensor, cutoffs: torch.Tensor, harm: 
                                    BG=bg, AP=want_ap, HB=max(hb, BH), BH=BH, RUNTIME_LOOP=not INTERPRET)
     return hits.T, s.T, (ap[:n_ap].T if need_ap_hits else None)
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
