@@ -373,6 +373,26 @@ def test_tie_sums_kernel_failure_falls_back_to_the_torch_sums(monkeypatch):
     assert fused_engine.LAST_ERROR and "simulated" in fused_engine.LAST_ERROR[-1]
 
 
+def test_database_labels_are_sorted_once(monkeypatch):
+    """The fused engine's label compaction gives core.relevant_counts its class counts: one torch.unique
+    of the database labels per evaluation, and R (hence every recall) as the torch engine has it."""
+    rng = np.random.default_rng(12)
+    q, db = codes(rng, 9, 16), codes(rng, 120, 16)
+    ql, dl = labels(rng, 9, 120, False)
+    kw = dict(ks=(5, "all"), map_at_r=True, device=DEV)
+    want = evaluate(q, db, ql, dl, engine="torch", **kw)
+    sizes, real = [], torch.unique
+
+    def counting(x, *a, **k):
+        sizes.append(x.shape[0])
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(torch, "unique", counting)
+    got = evaluate(q, db, ql, dl, engine="fused", **kw)
+    assert sizes.count(120) == 1, sizes
+    _compare(want, got)
+
+
 def test_engine_choice(monkeypatch):
     assert engines.choose_engine("auto", torch.device("cpu")) in ("faiss", "torch")
     monkeypatch.setattr(engines, "_fused_available", lambda dev: True)

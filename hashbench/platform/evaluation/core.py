@@ -39,11 +39,13 @@ def relevance(ql: torch.Tensor, dl: torch.Tensor) -> torch.Tensor:
     return (ql.to(dtype) @ dl.to(dtype).T) > 0
 
 
-def relevant_counts(prep: Prepared, chunk: int) -> torch.Tensor:
-    """R per query: number of relevant database items (float64, on the device)."""
+def relevant_counts(prep: Prepared, chunk: int, class_counts=None) -> torch.Tensor:
+    """R per query: number of relevant database items (float64, on the device). ``class_counts``:
+    ``(classes, counts)`` of the database's class ids when the engine has them already (sorted, as
+    ``torch.unique`` gives them), so the labels are not sorted twice."""
     ql, dl = prep.query_labels, prep.db_labels
     if ql.dim() == 1:
-        classes, counts = torch.unique(dl, return_counts=True)
+        classes, counts = class_counts if class_counts is not None else torch.unique(dl, return_counts=True)
         pos = torch.searchsorted(classes, ql).clamp_max(classes.numel() - 1)
         return torch.where(classes[pos] == ql, counts[pos], 0).to(F64)
     # multi-hot: count the distinct label sets once, so no (queries, N) relevance matrix is needed
@@ -151,7 +153,7 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
     fused = eng_name == "fused" and prep.binary
     step = max(chunk, 4096 if kernels else 32768) if (kernels or fused) and not chunk_size else chunk
 
-    R_all = relevant_counts(prep, chunk)
+    R_all = relevant_counts(prep, chunk, getattr(eng, "class_counts", None))
     self_rel = None
     if exclude_self:                          # the query's own item is relevant when it has a label
         self_rel = (torch.ones(n_q, dtype=F64, device=dev) if prep.query_labels.dim() == 1

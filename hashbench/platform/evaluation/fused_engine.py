@@ -77,6 +77,13 @@ class FusedEngine(TorchEngine):
         return None
 
     @property
+    def class_counts(self):
+        """``(classes, counts)`` of the database's class ids (single-label Hamming; else None), from the
+        kernels' label compaction: ``core.relevant_counts`` need not sort the labels again."""
+        kern = getattr(self, "kern", None)
+        return (kern.classes, kern.class_counts) if kern is not None and not kern.multi else None
+
+    @property
     def sync_free(self) -> bool:
         """Whether the histograms come without a host sync (``HASHBENCH_FUSED_RECOUNT=device``, the default;
         read when asked): ``core.evaluate`` then computes the tie-aware sums after them without one either."""

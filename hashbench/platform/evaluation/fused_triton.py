@@ -309,7 +309,8 @@ class FusedHamming:
         if self.multi:
             self.db_l = _pack_words(labels)
         else:
-            self.classes, inv = torch.unique(labels, return_inverse=True)
+            # the counts too: core.relevant_counts takes them instead of sorting the labels a second time
+            self.classes, inv, self.class_counts = torch.unique(labels, return_inverse=True, return_counts=True)
             self.db_l = inv.to(torch.int32).reshape(1, -1).contiguous()
         self.use_popc = self.device.type == "cuda" and not INTERPRET
         self._sample = None
