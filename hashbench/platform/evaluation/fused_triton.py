@@ -184,16 +184,31 @@ def _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, a0, a1, LW: tl.c
 
 
 @triton.jit
+def _query_words(qw_ptr, nq, rows, rmask, W: tl.constexpr):
+    """A program's query code words 0..3, loaded once before its tile loop (see above)."""
+    return (_word(qw_ptr, 0, nq, rows, rmask, 0, W), _word(qw_ptr, 1, nq, rows, rmask, 0, W),
+            _word(qw_ptr, 2, nq, rows, rmask, 0, W), _word(qw_ptr, 3, nq, rows, rmask, 0, W))
+
+
+@triton.jit
+def _tile(qw_ptr, dbw_ptr, rows, rmask, thr, lo, i, nq, N, q0, q1, q2, q3, W: tl.constexpr, BN: tl.constexpr,
+          USE_POPC: tl.constexpr):
+    """Tile ``i`` of a program's chunk (from item ``lo``): the items ``cols``, their mask, the (BN, BQ)
+    distances and the pairs at a distance ``<= thr`` of their query (``take``)."""
+    cols = lo + i * BN + tl.arange(0, BN)
+    cmask = cols < N
+    d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, q0, q1, q2, q3, W, USE_POPC)
+    return cols, cmask, d, (d <= thr[None, :]) & cmask[:, None]
+
+
+@triton.jit
 def _hist_tiles(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, hist_ptr, rows, rmask, thr, nq, N, TILES: tl.constexpr,
                 W: tl.constexpr, LW: tl.constexpr, MULTI: tl.constexpr, HW: tl.constexpr,
                 BQ: tl.constexpr, BN: tl.constexpr, USE_POPC: tl.constexpr, REL: tl.constexpr):
     """The tiles of one program of :func:`_hist_kernel`. The query's words and labels are loaded once,
     and each query's histogram row pointer is formed once: per pair only its level offset is added."""
     hrow = (hist_ptr + rows * HW)[None, :]
-    q0 = _word(qw_ptr, 0, nq, rows, rmask, 0, W)
-    q1 = _word(qw_ptr, 1, nq, rows, rmask, 0, W)
-    q2 = _word(qw_ptr, 2, nq, rows, rmask, 0, W)
-    q3 = _word(qw_ptr, 3, nq, rows, rmask, 0, W)
+    q0, q1, q2, q3 = _query_words(qw_ptr, nq, rows, rmask, W)
     if MULTI:
         a0 = _word(ql_ptr, 0, nq, rows, rmask, 0, LW)
     else:
@@ -201,10 +216,7 @@ def _hist_tiles(qw_ptr, dbw_ptr, ql_ptr, dl_ptr, hist_ptr, rows, rmask, thr, nq,
     a1 = _word(ql_ptr, 1, nq, rows, rmask, 0, LW)
     lo = tl.program_id(1) * (TILES * BN)
     for i in range(TILES):           # a constexpr trip count: runtime bounds break the interpreter
-        cols = lo + i * BN + tl.arange(0, BN)
-        cmask = cols < N
-        d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, q0, q1, q2, q3, W, USE_POPC)
-        take = (d <= thr[None, :]) & cmask[:, None]
+        cols, cmask, d, take = _tile(qw_ptr, dbw_ptr, rows, rmask, thr, lo, i, nq, N, q0, q1, q2, q3, W, BN, USE_POPC)
         if REL:
             off = 2 * d + _relevance(ql_ptr, dl_ptr, rows, rmask, cols, cmask, nq, N, a0, a1, LW, MULTI)
         else:
@@ -248,16 +260,10 @@ def _list_kernel(qw_ptr, dbw_ptr, thr_ptr, cnt_ptr, out_ptr, nq, N, TILES: tl.co
     # layout (35.5 instructions per pair when none is taken, against 17.5-19.9 this way: kernel_sass.py)
     cnt_row = tl.broadcast_to((cnt_ptr + 2 * rows)[None, :], (BN, BQ))
     out_row = (out_ptr + rows.to(tl.int64) * L)[None, :]
-    q0 = _word(qw_ptr, 0, nq, rows, rmask, 0, W)
-    q1 = _word(qw_ptr, 1, nq, rows, rmask, 0, W)
-    q2 = _word(qw_ptr, 2, nq, rows, rmask, 0, W)
-    q3 = _word(qw_ptr, 3, nq, rows, rmask, 0, W)
+    q0, q1, q2, q3 = _query_words(qw_ptr, nq, rows, rmask, W)
     lo = tl.program_id(1) * (TILES * BN)
     for i in range(TILES):           # a constexpr trip count: runtime bounds break the interpreter
-        cols = lo + i * BN + tl.arange(0, BN)
-        cmask = cols < N
-        d = _distances(qw_ptr, dbw_ptr, rows, rmask, cols, cmask, nq, N, q0, q1, q2, q3, W, USE_POPC)
-        take = (d <= thr[None, :]) & cmask[:, None]
+        cols, cmask, d, take = _tile(qw_ptr, dbw_ptr, rows, rmask, thr, lo, i, nq, N, q0, q1, q2, q3, W, BN, USE_POPC)
         slot = tl.atomic_add(cnt_row, 1, mask=take, sem="relaxed")
         if KEY64:
             key = d.to(tl.int64) * N + cols[:, None]
