@@ -213,13 +213,14 @@ def _evaluate(query_codes, db_codes, query_labels, db_labels, dev, *, distance, 
             if not prep.binary:
                 ids, dist = rank(qc, n_eff)
                 n, r = float_groups(dist, _gather_relevance(prep, qlc, ids))
-            if fused and prep.binary:      # one Triton program per query (fused_tie_sums), torch on failure
-                hits, S, ap_hits = eng.tie_sums(n, r, cut, harm, need_ap_hits=convention == "hits",
-                                                ap_columns=len(cutoffs), ks=ks_int)
-            else:
-                hits, S, ap_hits = M.grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits",
-                                                  ap_columns=len(cutoffs),   # none for the cut-off R of MAP@R
-                                                  sync_free_ks=ks_int if sync_free else None)
+            # fused Hamming: one Triton program per query (fused_tie_sums); None where it is not taken
+            sums = (eng.tie_sums(n, r, cut, harm, need_ap_hits=convention == "hits", ap_columns=len(cutoffs),
+                                 ks=ks_int) if fused and prep.binary else None)
+            if sums is None:
+                sums = M.grouped_sums(n, r, cut, harm, need_ap_hits=convention == "hits",
+                                      ap_columns=len(cutoffs),   # none for the cut-off R of MAP@R
+                                      sync_free_ks=ks_int if sync_free else None)
+            hits, S, ap_hits = sums
         elif not kernels:
             ids, _ = rank(qc, depth, with_dist=False)
             cut_d = cut.clamp_max(depth)

@@ -93,17 +93,11 @@ class FusedEngine(TorchEngine):
 
     def tie_sums(self, n, r, cutoffs, harm, need_ap_hits: bool, ap_columns: int, ks: list):
         """``metrics.grouped_sums`` of the Hamming histograms by :mod:`fused_tie_sums` (one program per
-        query, no host sync); the torch form if the kernel fails, or for more than
-        :data:`TIE_SUMS_MAX_GROUPS` levels."""
-        out = None
-        if n.shape[1] <= TIE_SUMS_MAX_GROUPS:
-            out = self._run("tie sums", self._tie_sums, n, r, cutoffs, harm, need_ap_hits, ap_columns, ks)
-        if out is None:
-            from hashbench.platform.evaluation import metrics as M
-
-            return M.grouped_sums(n, r, cutoffs, harm, need_ap_hits=need_ap_hits, ap_columns=ap_columns,
-                                  sync_free_ks=ks if self.sync_free else None)
-        return out
+        query, no host sync), or None - the caller then takes the torch form - if the kernel fails or
+        there are more than :data:`TIE_SUMS_MAX_GROUPS` levels."""
+        if n.shape[1] > TIE_SUMS_MAX_GROUPS:
+            return None
+        return self._run("tie sums", self._tie_sums, n, r, cutoffs, harm, need_ap_hits, ap_columns, ks)
 
     def _tie_sums(self, n, r, cutoffs, harm, need_ap_hits, ap_columns, ks):
         from hashbench.platform.evaluation import fused_tie_sums as FTS
