@@ -19,6 +19,7 @@ queries per second, recall 1.0 (their GPU, not an H100); the default case here h
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -59,6 +60,11 @@ def brute_force_ids(q, db, k, distance):
     return torch.sort(d, dim=1, stable=True).indices[:, :k]
 
 
+def _bad(msg: str) -> int:
+    print(f"bench_float_topk: {msg}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -75,11 +81,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench_float_topk: --device cuda but CUDA is not available; use --device cpu")
+        return _bad("--device cuda but CUDA is not available; use --device cpu")
     dev = torch.device(a.device)
-    ks = [int(k) for k in a.ks.split(",")]
+    try:
+        ks = [int(k) for k in a.ks.split(",")]
+    except ValueError:
+        ks = [0]
     if any(k <= 0 or k > a.db for k in ks):
-        raise SystemExit(f"bench_float_topk: --ks {a.ks}: every k must be in 1..--db ({a.db})")
+        return _bad(f"--ks {a.ks}: expected comma-separated integers in 1..--db ({a.db})")
     g = torch.Generator(device=dev).manual_seed(a.seed)
     db = torch.randn(a.db, a.dim, device=dev, generator=g)
     q = torch.randn(a.queries, a.dim, device=dev, generator=g)

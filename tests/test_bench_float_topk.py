@@ -37,5 +37,7 @@ def test_skip_old_leaves_the_whole_matrix_columns_empty():
 
 
 def test_a_cut_off_past_the_database_is_refused():
-    out = _run("--ks", "10,3001")
-    assert out.returncode != 0 and "--ks 10,3001" in out.stderr and "1..--db (3000)" in out.stderr
+    for ks in ("10,3001", "10,x"):
+        out = _run("--ks", ks)
+        assert out.returncode == 2 and f"--ks {ks}" in out.stderr and "1..--db (3000)" in out.stderr
+        assert out.stdout == "" and len(out.stderr.strip().splitlines()) == 1
